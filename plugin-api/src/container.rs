@@ -1,0 +1,84 @@
+//! The trait a plugin author implements, and its result types.
+
+use std::fmt;
+
+/// A long-running component the Balut host starts, checks and stops.
+///
+/// The host makes every call on a thread it owns for this container, one call at a time,
+/// with a timeout. A panic in any method (or in `Drop`) is caught and reported as an error;
+/// it never reaches the host.
+///
+/// Threads you spawn in [`start`](Container::start) must be joined in
+/// [`stop`](Container::stop): a thread left running keeps the library loaded, and the host
+/// reports it as not unloaded.
+pub trait Container: Send + 'static {
+    /// Starts the work and returns once the container is up (for a server: once it listens).
+    fn start(&mut self) -> Result<(), Error>;
+
+    /// Stops the work gracefully and joins every thread `start` spawned.
+    fn stop(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Reports whether the container is doing its job. Called periodically; keep it fast.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+/// The result of a health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not doing its job, with the reason.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// A failed check with its reason.
+    pub fn unhealthy(reason: impl Into<String>) -> Self {
+        Self::Unhealthy(reason.into())
+    }
+}
+
+/// An error from a plugin, carried to the host as its message.
+///
+/// Any `std::error::Error` converts into it, so `?` works in [`Container`] methods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    message: String,
+}
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+        }
+    }
+
+    /// The message the host will show.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(error: E) -> Self {
+        // Keep the whole chain: "outer: inner: root".
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self { message }
+    }
+}

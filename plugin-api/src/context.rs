@@ -1,0 +1,99 @@
+//! The host context a container receives in its constructor.
+
+use abi_stable::std_types::{RSlice, RStr, Tuple2};
+
+use crate::ffi::{FfiHostArc, FfiLevel};
+
+/// Log levels for [`Context::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<Level> for FfiLevel {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Error => FfiLevel::Error,
+            Level::Warn => FfiLevel::Warn,
+            Level::Info => FfiLevel::Info,
+            Level::Debug => FfiLevel::Debug,
+            Level::Trace => FfiLevel::Trace,
+        }
+    }
+}
+
+/// The container's line to the host: logging and stop requests.
+///
+/// Cheap to clone and safe to move to the container's own threads. The host tags every line
+/// with the container's name, so there is no need to repeat it.
+///
+/// ```
+/// # fn demo(ctx: &balut_plugin_api::Context) {
+/// use balut_plugin_api::Level;
+/// ctx.info("listening");
+/// ctx.log(Level::Warn, "slow request", &[("path", "/"), ("ms", "1200")]);
+/// if ctx.stop_requested() { /* wind down */ }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    name: String,
+    host: FfiHostArc,
+}
+
+impl Context {
+    pub(crate) fn new(name: String, host: FfiHostArc) -> Self {
+        Self { name, host }
+    }
+
+    /// The container's instance name, as the host's config names it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Logs `message` with `key=value` fields into the host's log output.
+    pub fn log(&self, level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<Tuple2<RStr<'_>, RStr<'_>>> = fields
+            .iter()
+            .map(|(key, value)| Tuple2(RStr::from_str(key), RStr::from_str(value)))
+            .collect();
+        self.host
+            .log(level.into(), RStr::from_str(message), RSlice::from_slice(&fields));
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: &str) {
+        self.log(Level::Error, message, &[]);
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: &str) {
+        self.log(Level::Warn, message, &[]);
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: &str) {
+        self.log(Level::Info, message, &[]);
+    }
+
+    /// Logs at debug level.
+    pub fn debug(&self, message: &str) {
+        self.log(Level::Debug, message, &[]);
+    }
+
+    /// Whether the host has asked this container to stop. Long-running work started by
+    /// [`Container::start`](crate::Container::start) can poll this; `stop` is called as well.
+    pub fn stop_requested(&self) -> bool {
+        self.host.stop_requested()
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("name", &self.name).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,160 @@
+//! Write container plugins for the [Balut](https://example.invalid/balut) plugin host.
+//!
+//! A plugin is a `cdylib` crate with one type that implements [`Container`] and one
+//! [`export_plugin!`] line. Drop the built library (`lib<name>.so`) into the host's plugin
+//! folder and `balut run` loads it, starts one container per configured instance, checks
+//! its health and stops it on shutdown.
+//!
+//! ```toml
+//! # Cargo.toml of a plugin
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! balut-plugin-api = { path = "../plugin-api" }
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+//! use std::thread::JoinHandle;
+//! use std::time::Duration;
+//!
+//! use balut_plugin_api::{Container, Context, Error, Health, export_plugin};
+//!
+//! /// The container's config: the `config` table of its `[containers.NAME]` entry.
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct Config {
+//!     #[serde(default = "default_interval_ms")]
+//!     interval_ms: u64,
+//! }
+//!
+//! fn default_interval_ms() -> u64 { 1000 }
+//!
+//! struct Counter {
+//!     ctx: Context,
+//!     interval: Duration,
+//!     ticks: Arc<AtomicU64>,
+//!     running: Arc<AtomicBool>,
+//!     worker: Option<JoinHandle<()>>,
+//! }
+//!
+//! impl Counter {
+//!     fn new(config: Config, ctx: Context) -> Result<Self, Error> {
+//!         if config.interval_ms == 0 {
+//!             return Err(Error::msg("interval_ms must be positive"));
+//!         }
+//!         Ok(Self {
+//!             ctx,
+//!             interval: Duration::from_millis(config.interval_ms),
+//!             ticks: Arc::default(),
+//!             running: Arc::default(),
+//!             worker: None,
+//!         })
+//!     }
+//! }
+//!
+//! impl Container for Counter {
+//!     fn start(&mut self) -> Result<(), Error> {
+//!         self.running.store(true, Ordering::SeqCst);
+//!         let (ticks, running, interval) = (self.ticks.clone(), self.running.clone(), self.interval);
+//!         self.worker = Some(std::thread::spawn(move || {
+//!             while running.load(Ordering::SeqCst) {
+//!                 ticks.fetch_add(1, Ordering::SeqCst);
+//!                 std::thread::sleep(interval);
+//!             }
+//!         }));
+//!         self.ctx.info("counting");
+//!         Ok(())
+//!     }
+//!
+//!     fn stop(&mut self) -> Result<(), Error> {
+//!         self.running.store(false, Ordering::SeqCst);
+//!         if let Some(worker) = self.worker.take() {
+//!             // Always join what you spawned: a live thread keeps the library loaded.
+//!             worker.join().map_err(|_| Error::msg("worker thread panicked"))?;
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn health(&self) -> Health {
+//!         if self.worker.as_ref().is_some_and(|w| !w.is_finished()) {
+//!             Health::Healthy
+//!         } else {
+//!             Health::unhealthy("worker thread is not running")
+//!         }
+//!     }
+//! }
+//!
+//! export_plugin!(name: "counter", version: env!("CARGO_PKG_VERSION"), constructor: Counter::new);
+//! ```
+//!
+//! # What the host guarantees
+//! - Every call into your container (constructor, `start`, `stop`, `health`, `Drop`) runs
+//!   on a thread the host owns for it, one call at a time, under a timeout.
+//! - A panic in any of them is caught by the glue [`export_plugin!`] generates and reported
+//!   as the container's error, with the panic message; the host and the other containers
+//!   keep running. Build plugins with the default `panic = "unwind"`.
+//! - Log through [`Context`]: a plugin has its own copy of `tracing`, so `tracing::info!`
+//!   inside a plugin goes nowhere.
+//!
+//! # What the host expects
+//! - `stop` joins every thread `start` spawned; the host unloads the library afterwards and
+//!   reports a library that stays mapped.
+//! - No `std::process::exit`, no aborts, no signal handlers: those end the host.
+//!
+//! # Interface versions
+//! The interface is versioned [`INTERFACE_MAJOR`]`.`[`INTERFACE_MINOR`]. A host loads a
+//! plugin built for the same major and a minor no newer than its own; it refuses others
+//! before running any of their code, naming the file, the plugin and both versions.
+
+mod container;
+mod context;
+mod declaration;
+mod export;
+#[doc(hidden)]
+pub mod ffi;
+
+pub use container::{Container, Error, Health};
+pub use context::{Context, Level};
+
+/// Major version of the plugin interface: bumped for any incompatible change.
+pub const INTERFACE_MAJOR: u32 = 1;
+/// Minor version of the plugin interface: bumped when items are appended.
+pub const INTERFACE_MINOR: u32 = 0;
+/// The interface version as abi_stable's version strings carry it.
+#[doc(hidden)]
+pub const INTERFACE_VERSION_STRING: &str = "1.0.0";
+
+/// Items the export macro and the host use. Not part of the plugin author's API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::declaration::{
+        DECLARATION_MAGIC, DECLARATION_SIZE, DECLARATION_SYMBOL, DeclarationError, PluginDeclaration,
+    };
+    pub use crate::export::new_container;
+    pub use crate::ffi::{FfiContainerBox, FfiError, FfiHostArc, PluginMod, PluginModRef};
+    pub use abi_stable;
+    pub use abi_stable::std_types::{RResult, RStr};
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exported_header_symbol_matches_abi_stable() {
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+
+    #[test]
+    fn interface_version_string_matches_constants() {
+        assert_eq!(
+            super::INTERFACE_VERSION_STRING,
+            format!("{}.{}.0", super::INTERFACE_MAJOR, super::INTERFACE_MINOR)
+        );
+    }
+}

@@ -1,0 +1,880 @@
+//! Harness for Balut's end-to-end tests (`tests/e2e`).
+//!
+//! - [`build()`] builds the host and every plugin and fixture once per test process and
+//!   tells where the artifacts are.
+//! - [`PluginDir`] is a throwaway folder with a `plugins/` sub-folder for the libraries under
+//!   test, a place for a config file and a private `TMPDIR` for the host.
+//! - [`Host`] runs `balut run` on such a folder, collects its log lines, talks to its HTTP
+//!   API and signals it. Dropping a [`Host`] kills the process if it still runs.
+//!
+//! Timeouts in here only catch hangs: they are generous on purpose.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use nix::sys::signal::Signal;
+
+/// How long a host may take to print its API address.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Generous bound for state changes that should take milliseconds.
+pub const STATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a host may take to exit after a signal.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Poll interval of [`Host::wait_for`] and friends.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// The cargo packages the tests need, built together by [`build()`].
+pub const PACKAGES: &[&str] = &[
+    "balut",
+    "balut-plugin-http-echo",
+    "balut-plugin-ticker",
+    "balut-plugin-chaos",
+    "balut-fixture-wrong-interface",
+    "balut-fixture-no-export",
+    "balut-fixture-panic-new",
+    "balut-fixture-layout-mismatch",
+];
+
+/// A library built by [`build()`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lib {
+    /// `plugins/http-echo`, plugin name `http-echo`.
+    HttpEcho,
+    /// `plugins/ticker`, plugin name `ticker`.
+    Ticker,
+    /// `plugins/chaos`, plugin name `chaos`.
+    Chaos,
+    /// A plugin declaring interface 2.0, plugin name `wrong-interface`.
+    WrongInterface,
+    /// A cdylib without the plugin exports.
+    NoExport,
+    /// A plugin whose constructor panics.
+    PanicNew,
+    /// A plugin whose root module layout does not match the host's.
+    LayoutMismatch,
+}
+
+impl Lib {
+    /// Every library, in a fixed order.
+    pub const ALL: [Lib; 7] = [
+        Lib::HttpEcho,
+        Lib::Ticker,
+        Lib::Chaos,
+        Lib::WrongInterface,
+        Lib::NoExport,
+        Lib::PanicNew,
+        Lib::LayoutMismatch,
+    ];
+
+    /// The file name cargo gives the library.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Lib::HttpEcho => "libhttp_echo.so",
+            Lib::Ticker => "libticker.so",
+            Lib::Chaos => "libchaos.so",
+            Lib::WrongInterface => "libfixture_wrong_interface.so",
+            Lib::NoExport => "libfixture_no_export.so",
+            Lib::PanicNew => "libfixture_panic_new.so",
+            Lib::LayoutMismatch => "libfixture_layout_mismatch.so",
+        }
+    }
+}
+
+/// Where [`build()`] put things.
+#[derive(Debug)]
+pub struct Build {
+    /// The workspace root.
+    pub root: PathBuf,
+    /// The `balut` binary.
+    pub balut: PathBuf,
+    libs: HashMap<Lib, PathBuf>,
+}
+
+impl Build {
+    /// The path of a built library.
+    pub fn lib(&self, lib: Lib) -> &Path {
+        self.libs
+            .get(&lib)
+            .map(PathBuf::as_path)
+            .expect("build() checked that every library was built")
+    }
+
+    /// A file of the static fixtures in `tests/fixtures/files`.
+    pub fn fixture_file(&self, name: &str) -> PathBuf {
+        let path = self.root.join("tests/fixtures/files").join(name);
+        assert!(path.is_file(), "fixture file {} is missing", path.display());
+        path
+    }
+}
+
+/// Builds the host, the example plugins and the fixtures (debug profile) once per process.
+///
+/// Runs `cargo build -p ...` in the workspace root (cargo from `$CARGO`, else `cargo`) and
+/// takes the artifact paths from cargo's JSON messages, so `CARGO_TARGET_DIR` and cargo config
+/// are honoured. Panics with cargo's output when the build fails.
+pub fn build() -> &'static Build {
+    static BUILD: OnceLock<Build> = OnceLock::new();
+    BUILD.get_or_init(run_cargo_build)
+}
+
+fn run_cargo_build() -> Build {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent folder")
+        .to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&root)
+        .arg("build")
+        .arg("--message-format=json-render-diagnostics");
+    for package in PACKAGES {
+        cmd.arg("-p").arg(package);
+    }
+    let started = Instant::now();
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        panic!(
+            "`cargo build` for the e2e tests failed ({}):\n{stderr}\n{stdout}",
+            output.status
+        );
+    }
+    eprintln!("[harness] cargo build took {:?}", started.elapsed());
+
+    let mut balut = None;
+    let mut by_file_name: HashMap<String, PathBuf> = HashMap::new();
+    for line in stdout.lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let kinds = msg["target"]["kind"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if kinds.iter().any(|k| k == "bin") && msg["target"]["name"] == "balut" {
+            balut = msg["executable"].as_str().map(PathBuf::from);
+        }
+        if kinds.iter().any(|k| k == "cdylib") {
+            for file in msg["filenames"].as_array().into_iter().flatten() {
+                let Some(file) = file.as_str() else { continue };
+                let path = PathBuf::from(file);
+                if let Some(name) = path.file_name().and_then(OsStr::to_str) {
+                    by_file_name.insert(name.to_owned(), path.clone());
+                }
+            }
+        }
+    }
+    let balut = balut.unwrap_or_else(|| panic!("cargo reported no `balut` binary:\n{stdout}"));
+    let mut libs = HashMap::new();
+    for lib in Lib::ALL {
+        let path = by_file_name.get(lib.file_name()).unwrap_or_else(|| {
+            panic!(
+                "cargo built no {}; cdylibs built: {:?}",
+                lib.file_name(),
+                by_file_name.keys().collect::<Vec<_>>()
+            )
+        });
+        libs.insert(lib, path.clone());
+    }
+    Build { root, balut, libs }
+}
+
+/// A throwaway folder: `plugins/` (the plugin folder), `balut.toml` (config, when written),
+/// `tmp/` (the host's `TMPDIR`) and whatever else a test puts there.
+pub struct PluginDir {
+    dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+}
+
+impl Default for PluginDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PluginDir {
+    /// An empty folder.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("balut-e2e-")
+            .tempdir()
+            .expect("create a temp folder");
+        std::fs::create_dir(dir.path().join("plugins")).expect("create plugins/");
+        std::fs::create_dir(dir.path().join("tmp")).expect("create tmp/");
+        Self { dir, config: None }
+    }
+
+    /// A folder holding the given libraries under their usual file names.
+    pub fn with(libs: &[Lib]) -> Self {
+        let dir = Self::new();
+        for &lib in libs {
+            dir.add(lib);
+        }
+        dir
+    }
+
+    /// The temp folder itself.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plugin folder passed as `--plugin-dir`.
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// The folder the host gets as `TMPDIR`.
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
+    /// Copies a built library into the plugin folder under its usual file name.
+    pub fn add(&self, lib: Lib) -> PathBuf {
+        self.add_as(lib, lib.file_name())
+    }
+
+    /// Copies a built library into the plugin folder as `file_name`.
+    pub fn add_as(&self, lib: Lib, file_name: &str) -> PathBuf {
+        self.copy_file(build().lib(lib), file_name)
+    }
+
+    /// Copies any file into the plugin folder as `file_name`.
+    pub fn copy_file(&self, from: &Path, file_name: &str) -> PathBuf {
+        let to = self.plugins().join(file_name);
+        std::fs::copy(from, &to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        to
+    }
+
+    /// Writes `bytes` into the plugin folder as `file_name`.
+    pub fn write_file(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
+        let to = self.plugins().join(file_name);
+        std::fs::write(&to, bytes).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
+        to
+    }
+
+    /// Writes `balut.toml` beside the plugin folder; [`Host::start`] passes it as `--config`.
+    pub fn write_config(&mut self, toml: &str) -> PathBuf {
+        let path = self.dir.path().join("balut.toml");
+        std::fs::write(&path, toml).expect("write balut.toml");
+        self.config = Some(path.clone());
+        path
+    }
+
+    /// The config file, if one was written.
+    pub fn config(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// The `balut run` arguments for this folder, without `--listen`.
+    pub fn run_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            vec!["run".into(), "--plugin-dir".into(), self.plugins().into()];
+        if let Some(config) = &self.config {
+            args.push("--config".into());
+            args.push(config.into());
+        }
+        args
+    }
+}
+
+/// TOML string literal for a path (basic string with escapes).
+pub fn toml_str(s: impl AsRef<str>) -> String {
+    serde_json::to_string(s.as_ref()).expect("a string serializes")
+}
+
+/// Removes ANSI escape sequences, in case the host colours its output after all.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a log line carries the field `key=value` (also `key="value"`), matching whole
+/// values only: `container=a` does not match `container=ab`.
+pub fn has_field(line: &str, key: &str, value: &str) -> bool {
+    field_values(line, key).iter().any(|v| v == value)
+}
+
+/// Every value of `key=...` in a log line, quotes removed.
+pub fn field_values(line: &str, key: &str) -> Vec<String> {
+    let needle = format!("{key}=");
+    let mut values = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(&needle) {
+        let start = from + pos;
+        from = start + needle.len();
+        let before = line[..start].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let rest = &line[from..];
+        let value = if let Some(quoted) = rest.strip_prefix('"') {
+            quoted.split('"').next().unwrap_or_default()
+        } else {
+            rest.split(|c: char| c.is_whitespace() || c == ',' || c == '}' || c == ':')
+                .next()
+                .unwrap_or_default()
+        };
+        // A bare value may end in a socket address's port: split on ':' above cut it, so
+        // take the full token for addresses.
+        let value = if key == "addr" {
+            rest.trim_start_matches('"')
+                .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '}')
+                .next()
+                .unwrap_or_default()
+        } else {
+            value
+        };
+        values.push(value.to_owned());
+    }
+    values
+}
+
+/// What a finished `balut` command printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `balut ARGS` to completion (killing it and panicking after `timeout`).
+pub fn run_balut<I, S>(args: I, timeout: Duration) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = balut_command();
+    cmd.args(args);
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let out = read_all(child.stdout.take().expect("stdout is piped"));
+    let err = read_all(child.stderr.take().expect("stderr is piped"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{desc} did not finish within {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    eprintln!("[harness] {desc} -> {status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        strip_ansi(&String::from_utf8_lossy(&buf))
+    })
+}
+
+fn balut_command() -> Command {
+    let mut cmd = Command::new(&build().balut);
+    cmd.env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG_STYLE");
+    cmd
+}
+
+/// One log line and the stream it came from.
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    pub stream: &'static str,
+    pub text: String,
+}
+
+/// A running `balut run`.
+pub struct Host {
+    child: Child,
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+    readers: Vec<JoinHandle<()>>,
+    agent: ureq::Agent,
+    exit: Option<ExitStatus>,
+}
+
+impl Host {
+    /// Runs the host on `dir` (with its config, if written) and waits for the API address.
+    pub fn start(dir: &PluginDir) -> Host {
+        Host::spawn(dir.run_args(), Some(dir.tmp()))
+    }
+
+    /// Runs `balut ARGS --listen 127.0.0.1:0` and waits for `http api listening addr=...`.
+    /// `tmpdir`, if given, becomes the host's `TMPDIR`.
+    pub fn spawn(args: Vec<OsString>, tmpdir: Option<PathBuf>) -> Host {
+        let mut cmd = balut_command();
+        cmd.args(&args).arg("--listen").arg("127.0.0.1:0");
+        if let Some(tmp) = tmpdir {
+            cmd.env("TMPDIR", tmp);
+        }
+        let desc = format!("{cmd:?}");
+        eprintln!("[harness] spawn {desc}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+        let pid = child.id();
+        let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
+        let readers = vec![
+            collect_lines(
+                child.stdout.take().expect("stdout is piped"),
+                "stdout",
+                pid,
+                lines.clone(),
+            ),
+            collect_lines(
+                child.stderr.take().expect("stderr is piped"),
+                "stderr",
+                pid,
+                lines.clone(),
+            ),
+        ];
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .into();
+        let mut host = Host {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            readers,
+            agent,
+            exit: None,
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let found = host.lines().into_iter().find_map(|line| {
+                if !line.contains("http api listening") {
+                    return None;
+                }
+                field_values(&line, "addr")
+                    .first()
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            });
+            if let Some(addr) = found {
+                host.addr = addr;
+                return host;
+            }
+            if let Some(status) = host.child.try_wait().expect("try_wait") {
+                host.exit = Some(status);
+                host.join_readers();
+                panic!(
+                    "balut exited ({status}) before its API listened; output:\n{}",
+                    host.lines().join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "balut printed no `http api listening addr=...` line within {STARTUP_TIMEOUT:?}; output:\n{}",
+                    host.lines().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// All log lines so far (stdout and stderr, in arrival order, ANSI removed).
+    pub fn lines(&self) -> Vec<String> {
+        self.log_lines().into_iter().map(|l| l.text).collect()
+    }
+
+    /// All log lines so far with their streams.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        self.lines.lock().expect("log lock").clone()
+    }
+
+    /// All log output so far as one string.
+    pub fn logs(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Log lines containing every one of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect()
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_where(&format!("a log line containing {needle:?}"), timeout, |l| {
+            l.contains(needle)
+        })
+    }
+
+    /// Waits for a log line that satisfies `pred` and returns it.
+    pub fn wait_log_where(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> String {
+        self.wait_until(what, timeout, |h| h.lines().into_iter().find(|l| pred(l)))
+    }
+
+    /// Polls `cond` every 50 ms until it holds; panics with the logs after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Host) -> bool) {
+        self.wait_until(what, timeout, |h| cond(h).then_some(()))
+    }
+
+    /// Polls `f` every 50 ms until it returns `Some`; panics with the logs after `timeout`.
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Host) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; host output:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET `path` on the API: status and JSON body.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.agent.get(&self.url(path)).call();
+        self.json_response("GET", path, res)
+    }
+
+    /// GET `path` on the API, which must answer 200 with JSON.
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+        body
+    }
+
+    /// POST `path` (empty body) on the API: status and JSON body.
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        let res = self.agent.post(&self.url(path)).send_empty();
+        self.json_response("POST", path, res)
+    }
+
+    fn json_response(
+        &self,
+        method: &str,
+        path: &str,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> (u16, Value) {
+        let mut res = res.unwrap_or_else(|e| {
+            panic!(
+                "{method} {path} on {} failed: {e}; host output:\n{}",
+                self.addr,
+                self.logs()
+            )
+        });
+        let status = res.status().as_u16();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: reading the body failed: {e}"));
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path} answered {status} with no JSON ({e}): {text:?}")
+        });
+        (status, json)
+    }
+
+    /// `GET /v1/containers` -> the `containers` array.
+    pub fn containers(&self) -> Vec<Value> {
+        let body = self.get_json("/v1/containers");
+        body["containers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/v1/containers has no `containers` array: {body}"))
+            .clone()
+    }
+
+    /// Container `name` from `GET /v1/containers`, if listed.
+    pub fn find_container(&self, name: &str) -> Option<Value> {
+        self.containers().into_iter().find(|c| c["name"] == name)
+    }
+
+    /// Container `name` from `GET /v1/containers`; panics if it is not listed.
+    pub fn container(&self, name: &str) -> Value {
+        self.find_container(name)
+            .unwrap_or_else(|| panic!("container {name:?} is not listed: {:?}", self.containers()))
+    }
+
+    /// The state of container `name`.
+    pub fn state(&self, name: &str) -> String {
+        self.container(name)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Waits until container `name` is in `state` and returns its JSON.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Value {
+        self.wait_until(
+            &format!("container {name:?} to be {state:?}"),
+            timeout,
+            |h| h.find_container(name).filter(|c| c["state"] == state),
+        )
+    }
+
+    /// Waits until container `name` leaves "starting" and returns its JSON.
+    pub fn wait_settled(&self, name: &str, timeout: Duration) -> Value {
+        self.wait_until(
+            &format!("container {name:?} to leave \"starting\""),
+            timeout,
+            |h| h.find_container(name).filter(|c| c["state"] != "starting"),
+        )
+    }
+
+    /// `GET /v1/plugins` -> the `plugins` array.
+    pub fn plugins(&self) -> Vec<Value> {
+        let body = self.get_json("/v1/plugins");
+        body["plugins"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/v1/plugins has no `plugins` array: {body}"))
+            .clone()
+    }
+
+    /// Plugin entry for `file_name` from `GET /v1/plugins`; panics if it is not listed.
+    pub fn plugin(&self, file_name: &str) -> Value {
+        let plugins = self.plugins();
+        plugins
+            .iter()
+            .find(|p| p["file"] == file_name)
+            .cloned()
+            .unwrap_or_else(|| panic!("plugin file {file_name:?} is not listed: {plugins:?}"))
+    }
+
+    /// The address an http-echo container logged (`listening ... addr=...` with
+    /// `container=NAME`), waiting for it.
+    pub fn echo_addr(&self, container: &str) -> SocketAddr {
+        self.wait_until(
+            &format!("http-echo container {container:?} to log its address"),
+            STATE_TIMEOUT,
+            |h| {
+                h.lines().into_iter().find_map(|l| {
+                    if !l.contains("listening") || l.contains("http api listening") {
+                        return None;
+                    }
+                    if !has_field(&l, "container", container) {
+                        return None;
+                    }
+                    field_values(&l, "addr")
+                        .first()
+                        .and_then(|a| a.parse().ok())
+                })
+            },
+        )
+    }
+
+    /// Sends `signal` to the host.
+    pub fn signal(&self, signal: Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("kill({pid}, {signal}): {e}"));
+    }
+
+    /// Waits for the host to exit; panics (and the drop kills it) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
+                self.join_readers();
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "balut did not exit within {timeout:?}; output:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait().expect("try_wait") {
+            Some(status) => {
+                self.exit = Some(status);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// `/proc/<pid>/maps` of the host.
+    pub fn maps(&self) -> String {
+        let path = format!("/proc/{}/maps", self.pid());
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.exit.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        self.join_readers();
+    }
+}
+
+fn collect_lines(
+    stream: impl Read + Send + 'static,
+    name: &'static str,
+    pid: u32,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = strip_ansi(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+            eprintln!("[balut {pid} {name}] {text}");
+            lines
+                .lock()
+                .expect("log lock")
+                .push(LogLine { stream: name, text });
+        }
+    })
+}
+
+/// A plain HTTP GET to any address on this machine: status and body text.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let mut res = agent
+        .get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    let status = res.status().as_u16();
+    let body = res
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body failed: {e}"));
+    (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_match_whole_values() {
+        let line =
+            "2025-01-01T00:00:00Z  INFO balut: container stopped container=http-echo2 other=1";
+        assert!(has_field(line, "container", "http-echo2"));
+        assert!(!has_field(line, "container", "http-echo"));
+        let quoted = r#"INFO x: listening container="echo" addr="127.0.0.1:4000""#;
+        assert!(has_field(quoted, "container", "echo"));
+        assert_eq!(field_values(quoted, "addr"), ["127.0.0.1:4000"]);
+        let span = "INFO container{container=ticker}: balut: tick addr=127.0.0.1:5 x=1";
+        assert!(has_field(span, "container", "ticker"));
+        assert_eq!(field_values(span, "addr"), ["127.0.0.1:5"]);
+        assert!(!has_field("subcontainer=ticker", "container", "ticker"));
+    }
+
+    #[test]
+    fn ansi_is_stripped() {
+        assert_eq!(strip_ansi("\u{1b}[2mINFO\u{1b}[0m x"), "INFO x");
+    }
+
+    #[test]
+    fn toml_strings_escape() {
+        assert_eq!(toml_str(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+}

@@ -1,1 +1,188 @@
-fn main(){}
+//! `balut`: the plugin host binary.
+
+mod api;
+mod cli;
+mod client;
+mod config;
+mod loader;
+mod services;
+mod status;
+mod supervisor;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::config::Config;
+use crate::status::Board;
+use crate::supervisor::{Settings, Supervisor};
+
+/// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,
+/// 2 bad usage or config, 130 forced by a second signal.
+const EXIT_UNCLEAN: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_FORCED: i32 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => match client::status(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_UNCLEAN),
+            Err(e) => {
+                eprintln!("balut status: {e:#}");
+                ExitCode::from(EXIT_UNCLEAN)
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// Config and folder, resolved from the command line and the config file.
+fn settings(args: &RunArgs) -> anyhow::Result<(Settings, std::net::SocketAddr)> {
+    let config = match &args.config {
+        Some(file) => Config::load(file)?,
+        None => Config::default(),
+    };
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .or_else(|| config.host.plugin_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("plugins"));
+    if !plugin_dir.is_dir() {
+        anyhow::bail!(
+            "plugin folder {} does not exist or is not a folder",
+            plugin_dir.display()
+        );
+    }
+    let listen = match args.listen.or(config.host.listen) {
+        Some(addr) => addr,
+        None => cli::DEFAULT_LISTEN
+            .parse()
+            .context("default listen address")?,
+    };
+    Ok((Settings { plugin_dir, config }, listen))
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let (settings, listen) = match settings(&args) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("balut run: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("balut run: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_UNCLEAN);
+        }
+    };
+    match runtime.block_on(serve(settings, listen)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_UNCLEAN),
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("balut run: {e:#}");
+            ExitCode::from(EXIT_UNCLEAN)
+        }
+    }
+}
+
+/// Runs the host until a signal; returns whether everything stopped cleanly.
+async fn serve(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Result<bool> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the HTTP API listens beyond loopback");
+    }
+
+    let board = Board::default();
+    let plugin_dir = settings.plugin_dir.clone();
+    let mut supervisor =
+        Supervisor::new(settings, board.clone()).context("creating the private copy folder")?;
+    let private_dir = supervisor.private_dir().to_owned();
+    let handle = supervisor.handle();
+    info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
+
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(board, handle.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    info!(%addr, "http api listening");
+
+    let supervisor_task = tokio::spawn(async move {
+        if let Err(e) = supervisor.start_all().await {
+            error!(plugin_dir = %plugin_dir.display(), error = %e, "cannot read the plugin folder");
+        }
+        supervisor.run().await
+    });
+
+    let first = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    info!(
+        signal = first,
+        "stopping all containers; a second signal exits at once"
+    );
+    let report = tokio::select! {
+        report = handle.shutdown() => report,
+        _ = sigterm.recv() => force_exit(&private_dir),
+        _ = sigint.recv() => force_exit(&private_dir),
+    };
+    let _ = supervisor_task.await;
+    let _ = stop_http.send(());
+    let _ = http.await;
+    let clean = report.clean();
+    if clean {
+        info!("all containers stopped cleanly");
+    } else {
+        warn!(
+            failed = report.failures.len(),
+            "some containers did not stop cleanly"
+        );
+    }
+    Ok(clean)
+}
+
+fn force_exit(private_dir: &std::path::Path) -> ! {
+    warn!("second signal: exiting now");
+    let _ = std::fs::remove_dir_all(private_dir);
+    std::process::exit(EXIT_FORCED)
+}

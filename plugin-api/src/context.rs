@@ -61,8 +61,11 @@ impl Context {
             .iter()
             .map(|(key, value)| Tuple2(RStr::from_str(key), RStr::from_str(value)))
             .collect();
-        self.host
-            .log(level.into(), RStr::from_str(message), RSlice::from_slice(&fields));
+        self.host.log(
+            level.into(),
+            RStr::from_str(message),
+            RSlice::from_slice(&fields),
+        );
     }
 
     /// Logs at error level.
@@ -94,6 +97,8 @@ impl Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }

@@ -47,7 +47,12 @@ const _: () = assert!(DECLARATION_SIZE == 120);
 impl PluginDeclaration {
     /// Builds a declaration at compile time. A name that is empty, too long or not made of
     /// `a-z`, `0-9`, `-` and `_`, or a version that is empty or too long, fails the build.
-    pub const fn new(name: &str, version: &str, interface_major: u32, interface_minor: u32) -> Self {
+    pub const fn new(
+        name: &str,
+        version: &str,
+        interface_major: u32,
+        interface_minor: u32,
+    ) -> Self {
         let name = name.as_bytes();
         let version = version.as_bytes();
         assert!(
@@ -92,7 +97,9 @@ impl PluginDeclaration {
             .get(..DECLARATION_SIZE)
             .and_then(|b| b.try_into().ok())
             .ok_or(DeclarationError::Short)?;
-        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let mut decl = Self {
             magic: [0; 8],
             interface_major: u32_at(8),
@@ -111,7 +118,9 @@ impl PluginDeclaration {
         if decl.name_len as usize > MAX_NAME_LEN || decl.version_len as usize > MAX_VERSION_LEN {
             return Err(DeclarationError::BadLength);
         }
-        if std::str::from_utf8(decl.name_bytes()).is_err() || std::str::from_utf8(decl.version_bytes()).is_err() {
+        if std::str::from_utf8(decl.name_bytes()).is_err()
+            || std::str::from_utf8(decl.version_bytes()).is_err()
+        {
             return Err(DeclarationError::NotUtf8);
         }
         Ok(decl)
@@ -187,10 +196,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(PluginDeclaration::from_le_bytes(&[0; 10]), Err(DeclarationError::Short));
-        assert_eq!(PluginDeclaration::from_le_bytes(&[0; 120]), Err(DeclarationError::BadMagic));
+        assert_eq!(
+            PluginDeclaration::from_le_bytes(&[0; 10]),
+            Err(DeclarationError::Short)
+        );
+        assert_eq!(
+            PluginDeclaration::from_le_bytes(&[0; 120]),
+            Err(DeclarationError::BadMagic)
+        );
         let mut bytes = to_le_bytes(&PluginDeclaration::new("a", "1", 1, 0));
         bytes[16] = 200;
-        assert_eq!(PluginDeclaration::from_le_bytes(&bytes), Err(DeclarationError::BadLength));
+        assert_eq!(
+            PluginDeclaration::from_le_bytes(&bytes),
+            Err(DeclarationError::BadLength)
+        );
     }
 }

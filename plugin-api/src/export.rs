@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::container::{Container, Health};
 use crate::context::Context;
 use crate::ffi::{
-    FfiContainer, FfiContainer_TO, FfiContainerBox, FfiError, FfiErrorKind, FfiHealth, FfiHealthStatus, FfiHostArc,
+    FfiContainer, FfiContainer_TO, FfiContainerBox, FfiError, FfiErrorKind, FfiHealth,
+    FfiHealthStatus, FfiHostArc,
 };
 
 /// Exports a container plugin from a `cdylib` crate. Write it once, at the crate root.
@@ -79,32 +80,44 @@ macro_rules! __export_plugin_with_interface {
         /// the two equal). Equivalent to `#[abi_stable::export_root_module]`.
         #[allow(non_upper_case_globals)]
         #[unsafe(no_mangle)]
-        pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::abi_stable::library::LibHeader = {
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::__private::abi_stable::library::LibHeader = {
             extern "C" fn __balut_new_container(
                 name: $crate::__private::RStr<'_>,
                 config_json: $crate::__private::RStr<'_>,
                 host: $crate::__private::FfiHostArc,
-            ) -> $crate::__private::RResult<$crate::__private::FfiContainerBox, $crate::__private::FfiError> {
+            ) -> $crate::__private::RResult<
+                $crate::__private::FfiContainerBox,
+                $crate::__private::FfiError,
+            > {
                 $crate::__private::new_container($constructor, name, config_json, host)
             }
 
             fn __balut_root_module() -> $crate::__private::PluginModRef {
                 // A static module: nothing is allocated per load.
-                const MODULE: &$crate::__private::abi_stable::prefix_type::WithMetadata<$crate::__private::PluginMod> =
-                    &$crate::__private::abi_stable::prefix_type::WithMetadata::new($crate::__private::PluginMod {
+                const MODULE: &$crate::__private::abi_stable::prefix_type::WithMetadata<
+                    $crate::__private::PluginMod,
+                > = &$crate::__private::abi_stable::prefix_type::WithMetadata::new(
+                    $crate::__private::PluginMod {
                         new_container: __balut_new_container,
-                    });
+                    },
+                );
                 $crate::__private::PluginModRef(MODULE.static_as_prefix())
             }
 
-            extern "C" fn __balut_erased_root_module() -> $crate::__private::abi_stable::library::RootModuleResult {
-                $crate::__private::abi_stable::library::__call_root_module_loader(__balut_root_module)
+            extern "C" fn __balut_erased_root_module()
+            -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    __balut_root_module,
+                )
             }
 
             // SAFETY: the constructor returns a `PluginModRef` erased by abi_stable's own
             // loader shim, exactly as `#[export_root_module]` expands.
             unsafe {
-                $crate::__private::abi_stable::library::LibHeader::from_constructor::<$crate::__private::PluginModRef>(
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::__private::PluginModRef,
+                >(
                     __balut_erased_root_module,
                     $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
                 )
@@ -126,19 +139,47 @@ where
     E: Display,
     F: FnOnce(C, Context) -> Result<T, E>,
 {
+    install_panic_hook();
     let name = name.as_str().to_owned();
     let built = catch_unwind(AssertUnwindSafe(move || {
         let config: C = serde_json::from_str(config_json.as_str())
             .map_err(|e| FfiError::new(FfiErrorKind::BadConfig, format!("invalid config: {e}")))?;
         let container = constructor(config, Context::new(name, host))
             .map_err(|e| FfiError::new(FfiErrorKind::Failed, e.to_string()))?;
-        Ok(FfiContainer_TO::from_value(Guarded { inner: Some(container) }, TD_Opaque))
+        Ok(FfiContainer_TO::from_value(
+            Guarded {
+                inner: Some(container),
+            },
+            TD_Opaque,
+        ))
     }));
     match built {
         Ok(Ok(boxed)) => ROk(boxed),
         Ok(Err(error)) => RErr(error),
         Err(payload) => RErr(panicked(payload)),
     }
+}
+
+/// Replaces this library's panic hook (each plugin has its own copy of std) with one that
+/// prints a single line and never a backtrace: std's backtrace printer maps the library's
+/// file for symbols and keeps it mapped after unload. The panic message also reaches the
+/// host as the call's error.
+fn install_panic_hook() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let thread = std::thread::current();
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "balut plugin: thread '{}' panicked{location}: {}",
+                thread.name().unwrap_or("<unnamed>"),
+                panic_message(info.payload())
+            );
+        }));
+    });
 }
 
 /// Wraps an author's container so no panic escapes any call.
@@ -166,7 +207,10 @@ fn panicked(payload: Box<dyn Any + Send>) -> FfiError {
 impl<T: Container> Guarded<T> {
     fn call<R>(&mut self, f: impl FnOnce(&mut T) -> Result<R, FfiError>) -> RResult<R, FfiError> {
         let Some(inner) = self.inner.as_mut() else {
-            return RErr(FfiError::new(FfiErrorKind::Disposed, "container was disposed"));
+            return RErr(FfiError::new(
+                FfiErrorKind::Disposed,
+                "container was disposed",
+            ));
         };
         match catch_unwind(AssertUnwindSafe(move || f(inner))) {
             Ok(result) => result.into(),

@@ -135,8 +135,11 @@ pub type FfiHostArc = FfiHost_TO<'static, RArc<()>>;
 pub struct PluginMod {
     /// Builds one container instance from its name, its JSON config and the host handle.
     #[sabi(last_prefix_field)]
-    pub new_container:
-        extern "C" fn(name: RStr<'_>, config_json: RStr<'_>, host: FfiHostArc) -> RResult<FfiContainerBox, FfiError>,
+    pub new_container: extern "C" fn(
+        name: RStr<'_>,
+        config_json: RStr<'_>,
+        host: FfiHostArc,
+    ) -> RResult<FfiContainerBox, FfiError>,
 }
 
 impl RootModule for PluginModRef {

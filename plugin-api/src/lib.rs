@@ -132,7 +132,8 @@ pub const INTERFACE_VERSION_STRING: &str = "1.0.0";
 #[doc(hidden)]
 pub mod __private {
     pub use crate::declaration::{
-        DECLARATION_MAGIC, DECLARATION_SIZE, DECLARATION_SYMBOL, DeclarationError, PluginDeclaration,
+        DECLARATION_MAGIC, DECLARATION_SIZE, DECLARATION_SYMBOL, DeclarationError,
+        PluginDeclaration,
     };
     pub use crate::export::new_container;
     pub use crate::ffi::{FfiContainerBox, FfiError, FfiHostArc, PluginMod, PluginModRef};

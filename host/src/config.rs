@@ -1,0 +1,251 @@
+//! The host's TOML config file: host settings and one table per container instance.
+//!
+//! ```toml
+//! [host]
+//! plugin_dir = "plugins"          # relative to the config file
+//! listen = "127.0.0.1:7070"
+//! start_timeout_ms = 30000
+//! stop_timeout_ms = 10000
+//! shutdown_timeout_ms = 30000
+//! health_interval_ms = 10000
+//! health_timeout_ms = 2000
+//!
+//! [containers.web]
+//! plugin = "http-echo"
+//! config = { port = 8080 }
+//! stop_timeout_ms = 5000
+//! ```
+//!
+//! Unknown keys and bad values are errors that name the key and the line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub host: HostConfig,
+    /// Container instances by name, in file order.
+    #[serde(default)]
+    pub containers: IndexMap<ContainerName, ContainerConfig>,
+}
+
+/// The `[host]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The plugin folder; a relative path is taken from the config file's folder.
+    pub plugin_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    pub listen: Option<SocketAddr>,
+    /// Where private copies of loaded libraries go (default: the system temp folder).
+    pub copy_dir: Option<PathBuf>,
+    pub start_timeout_ms: Millis,
+    pub stop_timeout_ms: Millis,
+    pub shutdown_timeout_ms: Millis,
+    pub health_interval_ms: Millis,
+    pub health_timeout_ms: Millis,
+    pub load_timeout_ms: Millis,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            plugin_dir: None,
+            listen: None,
+            copy_dir: None,
+            start_timeout_ms: Millis(30_000),
+            stop_timeout_ms: Millis(10_000),
+            shutdown_timeout_ms: Millis(30_000),
+            health_interval_ms: Millis(10_000),
+            health_timeout_ms: Millis(2_000),
+            load_timeout_ms: Millis(10_000),
+        }
+    }
+}
+
+/// One `[containers.NAME]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The plugin's declared name (not its file name).
+    pub plugin: String,
+    /// Passed to the plugin's constructor, which deserializes it into its own type.
+    #[serde(default)]
+    pub config: toml::Table,
+    pub start_timeout_ms: Option<Millis>,
+    pub stop_timeout_ms: Option<Millis>,
+}
+
+/// A duration in milliseconds; must be positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Millis(u64);
+
+impl TryFrom<u64> for Millis {
+    type Error = String;
+    fn try_from(ms: u64) -> Result<Self, String> {
+        if ms == 0 {
+            Err("must be a positive number of milliseconds".into())
+        } else {
+            Ok(Self(ms))
+        }
+    }
+}
+
+impl Millis {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+/// A container name: 1 to 64 of `A-Z a-z 0-9 - _ .`, so it is safe in URLs, logs and
+/// file names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ContainerName(String);
+
+impl TryFrom<String> for ContainerName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "invalid container name {name:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'"
+            ))
+        }
+    }
+}
+
+impl ContainerName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ContainerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        })?;
+        if let Some(dir) = &config.host.plugin_dir {
+            if dir.is_relative() {
+                let base = file.parent().unwrap_or(Path::new("."));
+                config.host.plugin_dir = Some(base.join(dir));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses config text; the error names the line, column and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+}
+
+impl ContainerConfig {
+    /// The plugin config as the JSON text the plugin's constructor receives.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file_in_order() {
+        let config = Config::parse(
+            r#"
+            [host]
+            listen = "127.0.0.1:9000"
+            stop_timeout_ms = 500
+
+            [containers.web]
+            plugin = "http-echo"
+            config = { port = 8080, message = "hi" }
+
+            [containers.alpha]
+            plugin = "ticker"
+            start_timeout_ms = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.host.listen, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            config.host.stop_timeout_ms.duration(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            config.host.start_timeout_ms.duration(),
+            Duration::from_secs(30)
+        );
+        let names: Vec<_> = config.containers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["web", "alpha"]);
+        let web = &config.containers[0];
+        assert_eq!(web.config_json(), r#"{"port":8080,"message":"hi"}"#);
+        assert_eq!(config.containers[1].start_timeout_ms, Some(Millis(100)));
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = Config::parse("[host]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_lines() {
+        let err =
+            Config::parse("[containers.web]\nplugin = \"x\"\nstop_timeout_ms = 0\n").unwrap_err();
+        assert!(err.contains("line 3") && err.contains("positive"), "{err}");
+        let err = Config::parse("[containers.\"a b\"]\nplugin = \"x\"\n").unwrap_err();
+        assert!(err.contains("invalid container name"), "{err}");
+        let err = Config::parse("[containers.web]\nconfig = {}\n").unwrap_err();
+        assert!(err.contains("missing field `plugin`"), "{err}");
+        let err = Config::parse("[host]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,480 @@
+//! Loading and unloading plugin libraries. All of the host's `unsafe` lives in this module.
+//!
+//! A load ([`Loader::load`]) reads the plugin file once, checks those bytes ([`elf`]), gates
+//! on the declared interface version, writes them to a private copy with a unique name per
+//! generation, and opens the copy on a thread that is joined before `load` returns. Every
+//! later call into the library runs on a [`Worker`] thread the host owns for one container.
+//! [`Library::unload`] closes the library once nothing holds it, deletes the copy and
+//! verifies with `/proc/self/maps` that the copy is really gone.
+//!
+//! Facts behind this design: `../shared/notes/native-plugins.md`.
+
+mod elf;
+mod maps;
+mod worker;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use abi_stable::library::{AbiHeaderRef, LibraryError};
+use balut_plugin_api::__private::{PluginDeclaration, PluginModRef};
+use balut_plugin_api::{INTERFACE_MAJOR, INTERFACE_MINOR};
+use sha2::{Digest, Sha256};
+
+pub use elf::ElfProblem;
+pub use worker::{CallError, HealthReport, Worker};
+
+/// A plugin interface version, `major.minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterfaceVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl InterfaceVersion {
+    /// The interface this host was built with.
+    pub const HOST: Self = Self {
+        major: INTERFACE_MAJOR,
+        minor: INTERFACE_MINOR,
+    };
+
+    /// Whether the host can load a plugin built for `self`. A newer minor would carry
+    /// prefix fields abi_stable must reconcile, and such a library can never be unloaded
+    /// safely, so it is refused like a different major.
+    #[allow(clippy::absurd_extreme_comparisons)] // the host's minor is 0 today
+    pub fn loadable_by_host(self) -> bool {
+        self.major == Self::HOST.major && self.minor <= Self::HOST.minor
+    }
+}
+
+impl fmt::Display for InterfaceVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What a plugin file says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub interface: InterfaceVersion,
+}
+
+impl From<&PluginDeclaration> for PluginInfo {
+    fn from(decl: &PluginDeclaration) -> Self {
+        Self {
+            name: decl.name().to_owned(),
+            version: decl.version().to_owned(),
+            interface: InterfaceVersion {
+                major: decl.interface_major,
+                minor: decl.interface_minor,
+            },
+        }
+    }
+}
+
+/// Why a plugin file could not be loaded. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: not an ELF file")]
+    NotElf { file: PathBuf },
+    #[error("{file}: truncated or corrupt ELF: {detail}")]
+    Truncated { file: PathBuf, detail: String },
+    #[error("{file}: wrong architecture: {detail}")]
+    WrongArchitecture { file: PathBuf, detail: String },
+    #[error("{file}: not a shared library but {what}")]
+    NotSharedObject { file: PathBuf, what: String },
+    #[error("{file}: missing export `{symbol}`: not a Balut plugin")]
+    MissingExport { file: PathBuf, symbol: &'static str },
+    #[error("{file}: bad plugin declaration: {detail}")]
+    BadDeclaration { file: PathBuf, detail: String },
+    #[error(
+        "{file}: plugin `{plugin}` is built for plugin interface {plugin_interface}, \
+         this host supports {host_interface} (same major, minor up to the host's)"
+    )]
+    InterfaceMismatch {
+        file: PathBuf,
+        plugin: String,
+        plugin_interface: InterfaceVersion,
+        host_interface: InterfaceVersion,
+    },
+    #[error("{file}: plugin `{plugin}` failed abi_stable's layout check: {detail}")]
+    LayoutMismatch {
+        file: PathBuf,
+        plugin: String,
+        detail: String,
+    },
+    #[error("{file}: plugin `{plugin}` could not be opened: {detail}")]
+    Open {
+        file: PathBuf,
+        plugin: String,
+        detail: String,
+    },
+    #[error("{file}: plugin `{plugin}` did not finish loading within {timeout:?}")]
+    Timeout {
+        file: PathBuf,
+        plugin: String,
+        timeout: Duration,
+    },
+}
+
+impl LoadError {
+    /// A stable, lowercase name for the kind of error, as the HTTP API reports it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::NotElf { .. } => "not_elf",
+            Self::Truncated { .. } => "truncated",
+            Self::WrongArchitecture { .. } => "wrong_architecture",
+            Self::NotSharedObject { .. } => "not_shared_object",
+            Self::MissingExport { .. } => "missing_export",
+            Self::BadDeclaration { .. } => "bad_declaration",
+            Self::InterfaceMismatch { .. } => "interface_mismatch",
+            Self::LayoutMismatch { .. } => "layout_mismatch",
+            Self::Open { .. } => "open_failed",
+            Self::Timeout { .. } => "load_timeout",
+        }
+    }
+
+    fn from_elf(file: &Path, problem: ElfProblem) -> Self {
+        let file = file.to_owned();
+        match problem {
+            ElfProblem::NotElf => Self::NotElf { file },
+            ElfProblem::Truncated(detail) => Self::Truncated { file, detail },
+            ElfProblem::WrongArchitecture(detail) => Self::WrongArchitecture { file, detail },
+            ElfProblem::NotSharedObject(what) => Self::NotSharedObject { file, what },
+            ElfProblem::MissingExport(symbol) => Self::MissingExport { file, symbol },
+            ElfProblem::BadDeclaration(detail) => Self::BadDeclaration { file, detail },
+        }
+    }
+}
+
+/// Outcome of [`Library::unload`].
+#[derive(Debug, Clone)]
+pub struct UnloadReport {
+    /// Whether the private copy is still mapped into the process after closing.
+    pub still_mapped: bool,
+    /// Problems closing the library or deleting the copy.
+    pub errors: Vec<String>,
+}
+
+/// One loaded generation of a plugin file.
+///
+/// Dropping a `Library` without [`Library::unload`] never closes it: code of a library whose
+/// unload was not verified safe stays mapped rather than risking a crash.
+pub struct Library {
+    pub info: PluginInfo,
+    /// The plugin file in the watched folder.
+    pub file: PathBuf,
+    /// The private copy that is actually mapped.
+    pub copy: PathBuf,
+    pub generation: u64,
+    /// Hex SHA-256 of the file's content.
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+    module: PluginModRef,
+    handle: Mutex<Option<libloading::Library>>,
+}
+
+impl fmt::Debug for Library {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Library")
+            .field("plugin", &self.info.name)
+            .field("file", &self.file)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Library {
+    /// The plugin's root module. Only valid while the library is loaded, which holding an
+    /// `Arc<Library>` guarantees.
+    pub(crate) fn module(&self) -> PluginModRef {
+        self.module
+    }
+
+    /// Closes the library, deletes its private copy and checks the process's mappings.
+    /// Call it only when no worker thread of this generation is alive: holding the last
+    /// `Arc` proves it, since every worker thread holds one.
+    pub fn unload(self: Arc<Self>) -> Result<UnloadReport, Arc<Self>> {
+        let this = Arc::try_unwrap(self)?;
+        let mut errors = Vec::new();
+        let handle = this
+            .handle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            if let Err(e) = handle.close() {
+                errors.push(format!("dlclose: {e}"));
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&this.copy) {
+            errors.push(format!(
+                "deleting private copy {}: {e}",
+                this.copy.display()
+            ));
+        }
+        let still_mapped = maps::is_mapped(&this.copy).unwrap_or_else(|e| {
+            errors.push(format!("reading /proc/self/maps: {e}"));
+            true
+        });
+        Ok(UnloadReport {
+            still_mapped,
+            errors,
+        })
+    }
+
+    /// The first 12 hex digits of the content hash.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..12.min(self.sha256.len())]
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // Not unloaded through `unload`: keep it mapped for good (see the type's docs).
+            std::mem::forget(handle);
+        }
+    }
+}
+
+/// Opens plugin files as new generations from private copies.
+pub struct Loader {
+    private_dir: tempfile::TempDir,
+    generations: HashMap<PathBuf, u64>,
+    load_timeout: Duration,
+}
+
+impl Loader {
+    /// Creates the private folder (mode 0700) for copies under `parent` or the system's
+    /// temporary folder.
+    pub fn new(parent: Option<&Path>, load_timeout: Duration) -> std::io::Result<Self> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("balut-");
+        let private_dir = match parent {
+            Some(parent) => builder.tempdir_in(parent)?,
+            None => builder.tempdir()?,
+        };
+        Ok(Self {
+            private_dir,
+            generations: HashMap::new(),
+            load_timeout,
+        })
+    }
+
+    /// The folder holding private copies.
+    pub fn private_dir(&self) -> &Path {
+        self.private_dir.path()
+    }
+
+    /// Reads, checks, copies and opens `file` as a new generation.
+    pub async fn load(&mut self, file: &Path) -> Result<Arc<Library>, LoadError> {
+        let io_error = |source| LoadError::Io {
+            file: file.to_owned(),
+            source,
+        };
+        let bytes = std::fs::read(file).map_err(io_error)?;
+        let decl = elf::inspect(&bytes).map_err(|p| LoadError::from_elf(file, p))?;
+        let info = PluginInfo::from(&decl);
+        if !info.interface.loadable_by_host() {
+            return Err(LoadError::InterfaceMismatch {
+                file: file.to_owned(),
+                plugin: info.name,
+                plugin_interface: info.interface,
+                host_interface: InterfaceVersion::HOST,
+            });
+        }
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let generation = {
+            let counter = self.generations.entry(file.to_owned()).or_insert(0);
+            *counter += 1;
+            *counter
+        };
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
+        let copy = self
+            .private_dir
+            .path()
+            .join(format!("{stem}-g{generation}-{}.so", &sha256[..12]));
+        write_private_copy(&copy, &bytes).map_err(io_error)?;
+
+        match open_on_own_thread(copy.clone(), self.load_timeout).await {
+            Ok((handle, module)) => Ok(Arc::new(Library {
+                info,
+                file: file.to_owned(),
+                copy,
+                generation,
+                sha256,
+                loaded_at: SystemTime::now(),
+                module,
+                handle: Mutex::new(Some(handle)),
+            })),
+            Err(failure) => {
+                // The copy may still be mapped (a leaked layout-checked library); deleting
+                // the file is harmless either way.
+                let _ = std::fs::remove_file(&copy);
+                let (file, plugin) = (file.to_owned(), info.name);
+                Err(match failure {
+                    OpenFailure::Layout(detail) => LoadError::LayoutMismatch {
+                        file,
+                        plugin,
+                        detail,
+                    },
+                    OpenFailure::Other(detail) => LoadError::Open {
+                        file,
+                        plugin,
+                        detail,
+                    },
+                    OpenFailure::Timeout => LoadError::Timeout {
+                        file,
+                        plugin,
+                        timeout: self.load_timeout,
+                    },
+                })
+            }
+        }
+    }
+}
+
+fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // `create_new`: a fresh inode under a name never used before, never a link to the
+    // watched file, so glibc cannot hand back an old mapping of it.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(copy)?;
+    out.write_all(bytes)?;
+    out.sync_all()
+}
+
+enum OpenFailure {
+    Layout(String),
+    Other(String),
+    Timeout,
+}
+
+/// Opens the copy and runs abi_stable's checks on a thread joined before returning, so any
+/// thread-local the plugin's initialisation touches dies with that thread.
+async fn open_on_own_thread(
+    copy: PathBuf,
+    timeout: Duration,
+) -> Result<(libloading::Library, PluginModRef), OpenFailure> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("balut-load".into())
+        .spawn(move || {
+            let _ = tx.send(open_and_check(&copy));
+        })
+        .map_err(|e| OpenFailure::Other(format!("spawning the load thread: {e}")))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => {
+            let _ = thread.join();
+            result
+        }
+        Ok(Err(_)) => Err(OpenFailure::Other("the load thread panicked".into())),
+        // The thread is left behind with the library: it is never closed.
+        Err(_) => Err(OpenFailure::Timeout),
+    }
+}
+
+fn open_and_check(copy: &Path) -> Result<(libloading::Library, PluginModRef), OpenFailure> {
+    // SAFETY: the file is a private copy that `elf::inspect` showed to be a whole ELF shared
+    // object for this machine exporting a Balut declaration with a compatible interface
+    // version. Its initialisers run here, on a thread that is joined right after.
+    let handle =
+        unsafe { libloading::Library::new(copy) }.map_err(|e| OpenFailure::Other(e.to_string()))?;
+    let header_name = abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes();
+    // SAFETY: the symbol is abi_stable's exported `LibHeader` static; abi_stable's own loader
+    // reads it the same way (`abi_header_from_raw_library`): the symbol's address is the
+    // `AbiHeaderRef`. The reference is only used while `handle` stays open.
+    let header: Result<AbiHeaderRef, _> =
+        unsafe { handle.get::<AbiHeaderRef>(header_name) }.map(|s| *s);
+    let header = match header {
+        Ok(header) => header,
+        Err(e) => return Err(OpenFailure::Other(e.to_string())),
+    };
+    let checked = header
+        .upgrade()
+        .and_then(|lib_header| lib_header.init_root_module::<PluginModRef>());
+    match checked {
+        Ok(module) => Ok((handle, module)),
+        Err(error) => {
+            // Render the error while the library (whose statics it may point into) is open.
+            let layout = matches!(error, LibraryError::AbiInstability(_));
+            let detail = if layout {
+                summarize_layout_error(&error.to_string())
+            } else {
+                error.to_string()
+            };
+            drop(error);
+            if layout {
+                // abi_stable may have cached pointers into this library while checking it;
+                // closing it could crash a later load. Keep it mapped for good.
+                std::mem::forget(handle);
+                Err(OpenFailure::Layout(detail))
+            } else {
+                drop(handle);
+                Err(OpenFailure::Other(detail))
+            }
+        }
+    }
+}
+
+/// abi_stable's layout errors print both type layouts in full (dozens of lines); keep the
+/// verdict at the end ("Error:mismatched package Expected: a Found: b") on one line.
+fn summarize_layout_error(full: &str) -> String {
+    tracing::debug!(detail = full, "abi_stable layout check failed");
+    let verdict = full
+        .rsplit_once("\nError:")
+        .map_or(full, |(_, verdict)| verdict);
+    let words: Vec<&str> = verdict.split_whitespace().collect();
+    let mut out = words.join(" ");
+    for (from, to) in [(" Expected: ", ": expected "), (" Found: ", ", found ")] {
+        out = out.replacen(from, to, 1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_errors_are_summarized() {
+        let full = "\nCompared <this>:\n    lots\nError:mismatched package\nExpected:\n    balut-plugin-api\nFound:\n    other\n\n";
+        assert_eq!(
+            summarize_layout_error(full),
+            "mismatched package: expected balut-plugin-api, found other"
+        );
+    }
+
+    #[test]
+    fn interface_gate() {
+        let v = |major, minor| InterfaceVersion { major, minor };
+        assert!(InterfaceVersion::HOST.loadable_by_host());
+        assert!(!v(INTERFACE_MAJOR + 1, 0).loadable_by_host());
+        assert!(!v(INTERFACE_MAJOR, INTERFACE_MINOR + 1).loadable_by_host());
+        assert!(INTERFACE_MAJOR == 0 || !v(INTERFACE_MAJOR - 1, 0).loadable_by_host());
+    }
+}

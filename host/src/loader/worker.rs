@@ -1,0 +1,238 @@
+//! The thread that makes every call into one container instance.
+//!
+//! Constructing, starting, stopping, checking and dropping a container all run on its own
+//! worker thread, one call at a time, so that whatever the plugin leaves in thread-local
+//! storage dies with a thread the host joins before it closes the library. Each call has a
+//! timeout; a call that overruns marks the worker stuck, and a stuck worker (with the
+//! `Arc<Library>` it holds) is abandoned, which keeps its library mapped for good.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RStr};
+use balut_plugin_api::ffi::{FfiContainerBox, FfiError, FfiErrorKind, FfiHealthStatus, FfiHostArc};
+use tokio::sync::oneshot;
+
+use super::Library;
+
+/// Why a call into a container did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{0}")]
+    Panicked(String),
+    #[error("{0}")]
+    BadConfig(String),
+    #[error("stuck: no return from {call} within {timeout:?}")]
+    Timeout {
+        call: &'static str,
+        timeout: Duration,
+    },
+    #[error("not called: an earlier call is stuck")]
+    Stuck,
+    #[error("the container was not constructed")]
+    NotConstructed,
+}
+
+impl CallError {
+    fn from_ffi(error: FfiError) -> Self {
+        let message = error.message.into_string();
+        match error.kind {
+            FfiErrorKind::Panicked => Self::Panicked(message),
+            FfiErrorKind::BadConfig => Self::BadConfig(message),
+            FfiErrorKind::Failed | FfiErrorKind::Disposed => Self::Failed(message),
+        }
+    }
+
+    /// Whether the call overran or could not be made because another one did.
+    pub fn is_stuck(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Stuck)
+    }
+}
+
+fn convert<T>(result: RResult<T, FfiError>) -> Result<T, CallError> {
+    result.into_result().map_err(CallError::from_ffi)
+}
+
+/// The outcome of one health check, in host types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    pub message: String,
+    pub duration: Duration,
+}
+
+type Job = Box<dyn FnOnce(&mut Option<FfiContainerBox>) + Send>;
+
+/// Owns one container's thread. Dropping it without [`Worker::finish`] abandons the thread.
+pub struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    exited: Option<oneshot::Receiver<()>>,
+    stuck: Arc<AtomicBool>,
+    library: Arc<Library>,
+}
+
+impl Worker {
+    /// Starts the thread for container `name` of `library`.
+    pub fn spawn(name: &str, library: Arc<Library>) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (exited_tx, exited) = oneshot::channel();
+        let held = library.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("balut:{name}"))
+            .spawn(move || {
+                let mut slot: Option<FfiContainerBox> = None;
+                while let Ok(job) = queue.recv() {
+                    job(&mut slot);
+                }
+                // Plugin code (the box's destructor) runs here, on this thread.
+                drop(slot);
+                drop(held);
+                let _ = exited_tx.send(());
+            })?;
+        Ok(Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            exited: Some(exited),
+            stuck: Arc::new(AtomicBool::new(false)),
+            library,
+        })
+    }
+
+    /// The library generation this worker calls into.
+    pub fn library(&self) -> &Arc<Library> {
+        &self.library
+    }
+
+    /// Whether a call overran its timeout.
+    pub fn is_stuck(&self) -> bool {
+        self.stuck.load(Ordering::SeqCst)
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        call: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&mut Option<FfiContainerBox>) -> Result<R, CallError> + Send + 'static,
+    ) -> Result<R, CallError> {
+        if self.is_stuck() {
+            return Err(CallError::Stuck);
+        }
+        let Some(jobs) = &self.jobs else {
+            return Err(CallError::Stuck);
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |slot| {
+            let _ = tx.send(f(slot));
+        });
+        if jobs.send(job).is_err() {
+            return Err(CallError::Stuck);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            // The job was dropped unrun: the thread is gone.
+            Ok(Err(_)) => Err(CallError::Stuck),
+            Err(_) => {
+                self.stuck.store(true, Ordering::SeqCst);
+                Err(CallError::Timeout { call, timeout })
+            }
+        }
+    }
+
+    /// Runs the plugin's constructor for this container.
+    pub async fn construct(
+        &self,
+        name: &str,
+        config_json: String,
+        host: FfiHostArc,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let new_container = self.library.module().new_container();
+        let name = name.to_owned();
+        self.call("the constructor", timeout, move |slot| {
+            let built = convert(new_container(
+                RStr::from_str(&name),
+                RStr::from_str(&config_json),
+                host,
+            ))?;
+            *slot = Some(built);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn start(&self, timeout: Duration) -> Result<(), CallError> {
+        self.call("start", timeout, |slot| match slot {
+            Some(container) => convert(container.start()),
+            None => Err(CallError::NotConstructed),
+        })
+        .await
+    }
+
+    pub async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
+        self.call("stop", timeout, |slot| match slot {
+            Some(container) => convert(container.stop()),
+            None => Err(CallError::NotConstructed),
+        })
+        .await
+    }
+
+    pub async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
+        self.call("health", timeout, |slot| {
+            let began = Instant::now();
+            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+            let health = convert(container.health())?;
+            Ok(HealthReport {
+                healthy: health.status == FfiHealthStatus::Healthy,
+                message: health.message.into_string(),
+                duration: began.elapsed(),
+            })
+        })
+        .await
+    }
+
+    /// Drops the plugin's value (reporting a panic in its `Drop`) and the handle.
+    pub async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
+        self.call("drop", timeout, |slot| match slot.take() {
+            Some(mut container) => {
+                let result = convert(container.dispose());
+                drop(container);
+                result
+            }
+            None => Ok(()),
+        })
+        .await
+    }
+
+    /// Ends the thread and joins it. Fails, abandoning the thread, if it is stuck or does
+    /// not end within `timeout`.
+    pub async fn finish(mut self, timeout: Duration) -> Result<(), CallError> {
+        self.jobs = None;
+        if self.is_stuck() {
+            return Err(CallError::Stuck);
+        }
+        let exited = self.exited.take();
+        let ended = match exited {
+            Some(exited) => tokio::time::timeout(timeout, exited).await.is_ok(),
+            None => false,
+        };
+        if !ended {
+            self.stuck.store(true, Ordering::SeqCst);
+            return Err(CallError::Timeout {
+                call: "thread exit",
+                timeout,
+            });
+        }
+        if let Some(thread) = self.thread.take() {
+            // The thread signalled its end; joining waits only for its thread-local
+            // destructors, which must finish before the library may close.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        Ok(())
+    }
+}

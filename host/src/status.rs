@@ -1,0 +1,148 @@
+//! The status board: what the host reports about its containers and plugin files.
+//!
+//! The supervisor writes it; the HTTP API reads snapshots of it. It holds plain data only,
+//! never a handle into a plugin.
+
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// A container's lifecycle state, reported as a lowercase string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+/// Formats a time as RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The last health check of a container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthStatus {
+    pub healthy: bool,
+    pub message: String,
+    pub checked_at: String,
+    pub duration_ms: f64,
+}
+
+/// One container, as `GET /v1/containers` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub plugin: String,
+    /// The plugin's version, once a library for it was loaded.
+    pub version: Option<String>,
+    pub state: State,
+    pub since: String,
+    pub last_error: Option<String>,
+    /// Generation of the library the current (or last) instance came from.
+    pub generation: Option<u64>,
+    /// File name of that library in the plugin folder.
+    pub file: Option<String>,
+    pub loaded_at: Option<String>,
+    /// First 12 hex digits of the library's SHA-256.
+    pub sha256: Option<String>,
+    pub health: Option<HealthStatus>,
+}
+
+/// Load state of a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// A generation of it is in memory.
+    Loaded,
+    /// A valid plugin with no live container: not in memory.
+    Unloaded,
+    /// It could not be loaded (see `error`).
+    Error,
+}
+
+/// One plugin file, as `GET /v1/plugins` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginStatus {
+    pub file: String,
+    pub status: FileState,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub interface_version: Option<String>,
+    pub generation: Option<u64>,
+    pub sha256: Option<String>,
+    pub loaded_at: Option<String>,
+}
+
+/// A library generation the host could not unload, kept for the operator to see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotUnloaded {
+    pub file: String,
+    pub plugin: String,
+    pub generation: u64,
+    pub copy: String,
+    pub reason: String,
+}
+
+/// Everything the board holds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub containers: Vec<ContainerStatus>,
+    pub plugins: Vec<PluginStatus>,
+    pub not_unloaded: Vec<NotUnloaded>,
+}
+
+/// Shared, cheaply cloned handle to the status board.
+#[derive(Debug, Clone, Default)]
+pub struct Board {
+    inner: Arc<RwLock<Snapshot>>,
+}
+
+impl Board {
+    pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Snapshot> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `f` to the named container's status, if it exists.
+    pub fn update_container(&self, name: &str, f: impl FnOnce(&mut ContainerStatus)) {
+        if let Some(status) = self.write().containers.iter_mut().find(|c| c.name == name) {
+            f(status);
+        }
+    }
+
+    pub fn container(&self, name: &str) -> Option<ContainerStatus> {
+        self.read()
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
+    }
+
+    /// Inserts or replaces the status of a plugin file, keeping the list sorted by file.
+    pub fn set_plugin(&self, status: PluginStatus) {
+        let mut snapshot = self.write();
+        match snapshot
+            .plugins
+            .binary_search_by(|p| p.file.cmp(&status.file))
+        {
+            Ok(at) => snapshot.plugins[at] = status,
+            Err(at) => snapshot.plugins.insert(at, status),
+        }
+    }
+
+    pub fn update_plugin(&self, file: &str, f: impl FnOnce(&mut PluginStatus)) {
+        if let Some(status) = self.write().plugins.iter_mut().find(|p| p.file == file) {
+            f(status);
+        }
+    }
+}

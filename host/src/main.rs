@@ -86,7 +86,6 @@ fn run(args: RunArgs) -> ExitCode {
     let (settings, listen) = match settings(&args) {
         Ok(resolved) => resolved,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("balut run: {e:#}");
             return ExitCode::from(EXIT_USAGE);
         }

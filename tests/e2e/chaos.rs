@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, http_get};
+use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, has_field, http_get};
 use serde_json::Value;
 
 use crate::{chaos_entry, echo_entry};
@@ -67,12 +67,22 @@ fn panic_in_new_and_start_fail_only_their_containers() {
     let start = host.wait_settled("chaos-start", STATE_TIMEOUT);
     assert_failed_with(&start, "chaos: panic in start");
     host.wait_state("calm", "running", STATE_TIMEOUT);
+    // The spec's log form, exactly: `container failed container=NAME` (no quotes), as
+    // `container running` and `container stopped` print it.
+    let failed = host.lines_with(&["container failed"]);
     assert!(
-        host.lines_with(&["container failed", "container=chaos-start"])
-            .len()
-            == 1,
-        "expected one `container failed container=chaos-start` line\n{}",
-        host.logs()
+        failed
+            .iter()
+            .any(|l| l.contains("container=chaos-start ") || l.ends_with("container=chaos-start")),
+        "expected a `container failed container=chaos-start` line (unquoted), got: {failed:#?}"
+    );
+    assert_eq!(
+        failed
+            .iter()
+            .filter(|l| has_field(l, "container", "chaos-start"))
+            .count(),
+        1,
+        "one failure of chaos-start so far: {failed:#?}"
     );
     assert_unshaken(&host);
     // A failed container can be started again: it fails the same way, the host stays up.
@@ -183,7 +193,7 @@ fn fail_start_and_start_timeout() {
     let mut dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos]);
     // The hanging start gets a short timeout of its own.
     dir.write_config(&format!(
-        "{}{}[containers.chaos-hang]\nplugin = \"chaos\"\nconfig = {{ hang_in = \"start\", hang_ms = 20000 }}\nstart_timeout_ms = 300\n",
+        "{}{}[containers.chaos-hang]\nplugin = \"chaos\"\nconfig = {{ hang_in = \"start\", hang_ms = 3000 }}\nstart_timeout_ms = 300\nstop_timeout_ms = 300\n",
         echo_entry("http-echo", "unshaken"),
         chaos_entry("chaos-fail", "fail_start = true"),
     ));
@@ -197,14 +207,93 @@ fn fail_start_and_start_timeout() {
     );
     let hang = host.wait_settled("chaos-hang", Duration::from_secs(10));
     assert_eq!(hang["state"], "failed", "{hang}");
-    let last = hang["last_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_lowercase();
+    let last = hang["last_error"].as_str().unwrap_or_default();
     assert!(
-        last.contains("time"),
-        "last_error should say start timed out: {hang}"
+        last.contains("stuck in start"),
+        "last_error should say start is stuck: {hang}"
     );
+    // The container's fail_start message is what last_error reports.
+    let last = fail["last_error"].as_str().unwrap_or_default();
+    assert!(last.contains("chaos: start failed as configured"), "{fail}");
     assert_unshaken(&host);
     terminate(host);
+}
+
+#[test]
+fn hanging_stop_is_bounded_by_its_timeout() {
+    let mut dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos]);
+    // hang_in without hang_ms blocks forever.
+    dir.write_config(&format!(
+        "{}{}stop_timeout_ms = 500\n",
+        echo_entry("http-echo", "unshaken"),
+        chaos_entry("chaos-stuck", "hang_in = \"stop\""),
+    ));
+    let host = Host::start(&dir);
+    host.wait_state("http-echo", "running", STATE_TIMEOUT);
+    host.wait_state("chaos-stuck", "running", STATE_TIMEOUT);
+    let started = std::time::Instant::now();
+    let code = terminate(host);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "a container stuck in stop makes the exit unclean");
+    assert!(
+        took < Duration::from_secs(15),
+        "shutdown took {took:?} despite a 500 ms stop timeout"
+    );
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(&format!(
+        "{}stop_timeout_ms = 120000\n",
+        chaos_entry("chaos-stuck", "hang_in = \"stop\"")
+    ));
+    let mut host = Host::start(&dir);
+    host.wait_state("chaos-stuck", "running", STATE_TIMEOUT);
+    host.signal(Signal::SIGTERM);
+    host.wait_state("chaos-stuck", "stopping", STATE_TIMEOUT);
+    host.wait_log("hanging", STATE_TIMEOUT);
+    assert!(
+        host.is_running(),
+        "the host should still wait for the stuck stop"
+    );
+    host.signal(Signal::SIGINT);
+    let status = host.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "forced exit: {status}\n{}",
+        host.logs()
+    );
+}
+
+#[test]
+fn unhealthy_container_is_reported_not_failed() {
+    let (_dir, host) = chaos_host(
+        "health_interval_ms = 100",
+        &[("chaos-sick", "fail_health_after = 2")],
+    );
+    let c = host.wait_until("chaos-sick to report unhealthy", STATE_TIMEOUT, |h| {
+        h.find_container("chaos-sick")
+            .filter(|c| c["health"]["healthy"] == false)
+    });
+    assert_eq!(
+        c["state"], "running",
+        "an unhealthy answer is not a failure: {c}"
+    );
+    assert!(
+        c["health"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{c}"
+    );
+    assert!(
+        host.lines_with(&["health check failed"])
+            .iter()
+            .any(|l| has_field(l, "container", "chaos-sick")),
+        "no `health check failed container=chaos-sick` line\n{}",
+        host.logs()
+    );
+    assert_unshaken(&host);
+    assert_eq!(terminate(host), 0);
 }

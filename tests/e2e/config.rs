@@ -73,6 +73,10 @@ fn bad_values() {
     assert!(out.stderr.contains("stop_timeout_ms"), "{}", out.stderr);
     assert!(out.stderr.contains("line 3"), "{}", out.stderr);
 
+    let out = refused("[host]\nshutdown_timeout_ms = 0\n");
+    assert!(out.stderr.contains("positive"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 2"), "{}", out.stderr);
+
     let out = refused("[containers.web]\nplugin = 7\n");
     assert!(out.stderr.contains("plugin"), "{}", out.stderr);
     assert!(out.stderr.contains("line 2"), "{}", out.stderr);

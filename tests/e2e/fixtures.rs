@@ -9,8 +9,13 @@ use serde_json::Value;
 use crate::echo_entry;
 
 /// Puts `files` (by `setup`) beside http-echo, checks each is an error of `kind`, checks
-/// http-echo is running and answering, and hands back the host and the error entries.
-fn beside_echo(setup: impl FnOnce(&PluginDir), files: &[&str], kind: &str) -> (Host, Vec<Value>) {
+/// http-echo is running and answering, and hands back the folder (keep it alive while the
+/// host runs), the host and the error entries.
+fn beside_echo(
+    setup: impl FnOnce(&PluginDir),
+    files: &[&str],
+    kind: &str,
+) -> (PluginDir, Host, Vec<Value>) {
     let mut dir = PluginDir::with(&[Lib::HttpEcho]);
     setup(&dir);
     dir.write_config(&echo_entry("http-echo", "still serving"));
@@ -50,7 +55,7 @@ fn beside_echo(setup: impl FnOnce(&PluginDir), files: &[&str], kind: &str) -> (H
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(host.state("http-echo"), "running");
     assert_eq!(http_get(echo, "/").0, 200);
-    (host, entries)
+    (dir, host, entries)
 }
 
 /// SIGTERM and expect a clean exit: broken files have no containers to fail.
@@ -67,7 +72,7 @@ fn stop_cleanly(mut host: Host) {
 
 #[test]
 fn not_elf_file() {
-    let (host, _) = beside_echo(
+    let (_dir, host, _) = beside_echo(
         |dir| {
             dir.copy_file(&build().fixture_file("not-elf.so"), "not-elf.so");
         },
@@ -84,7 +89,7 @@ fn truncated_copies_of_a_good_plugin() {
         bytes.len() > 3 * 4096,
         "libhttp_echo.so is suspiciously small"
     );
-    let (host, _) = beside_echo(
+    let (_dir, host, _) = beside_echo(
         |dir| {
             dir.write_file("libcut_half.so", &bytes[..bytes.len() / 2]);
             dir.write_file("libcut_4k.so", &bytes[..4096]);
@@ -98,7 +103,7 @@ fn truncated_copies_of_a_good_plugin() {
 
 #[test]
 fn library_without_the_plugin_export() {
-    let (host, _) = beside_echo(
+    let (_dir, host, _) = beside_echo(
         |dir| {
             dir.add(Lib::NoExport);
         },
@@ -111,7 +116,7 @@ fn library_without_the_plugin_export() {
 #[test]
 fn plugin_for_another_interface_version() {
     let file = Lib::WrongInterface.file_name();
-    let (host, entries) = beside_echo(
+    let (_dir, host, entries) = beside_echo(
         |dir| {
             dir.add(Lib::WrongInterface);
         },
@@ -126,7 +131,6 @@ fn plugin_for_another_interface_version() {
             "interface error does not name {needle:?}: {error:?}"
         );
     }
-    assert_eq!(p["name"], "wrong-interface", "{p}");
     // The host must refuse it before running any of its code: nothing of it is mapped.
     assert!(
         !host.maps().contains("libfixture_wrong_interface"),
@@ -144,7 +148,7 @@ fn plugin_for_another_interface_version() {
 
 #[test]
 fn plugin_with_a_mismatched_layout() {
-    let (host, _) = beside_echo(
+    let (_dir, host, _) = beside_echo(
         |dir| {
             dir.add(Lib::LayoutMismatch);
         },
@@ -156,7 +160,7 @@ fn plugin_with_a_mismatched_layout() {
 
 #[test]
 fn plugin_whose_constructor_panics() {
-    let (mut host, entries) = beside_echo(
+    let (_dir, mut host, entries) = beside_echo(
         |dir| {
             dir.add(Lib::PanicNew);
         },

@@ -80,6 +80,9 @@ fn stopping_the_last_container_unloads_the_library() {
         },
     );
     assert!(!unloaded.contains("mapped=true"), "{unloaded}");
+    let unloaded_plugin = host.plugin("libhttp_echo.so");
+    assert_ne!(unloaded_plugin["status"], "error", "{unloaded_plugin}");
+    assert!(unloaded_plugin["error_kind"].is_null(), "{unloaded_plugin}");
     let left = mapped_copies(&host, "libhttp_echo");
     assert!(
         left.is_empty(),

@@ -132,19 +132,35 @@ fn examples_run_serve_and_stop_in_reverse_order_on_sigterm() {
 }
 
 #[test]
-fn sigint_stops_default_instances_cleanly() {
-    // No config: one container per plugin, named after the plugin.
-    let dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos]);
+fn sigint_stops_cleanly_and_unconfigured_plugins_get_default_instances() {
+    // chaos and ticker are named by no config entry: each gets one container named after
+    // the plugin, with an empty config (ticker needs a `path`, so its constructor refuses).
+    // http-echo is configured (its default port 8080 may be taken on this machine).
+    let mut dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos, Lib::Ticker]);
+    dir.write_config(&echo_entry("web", "x"));
     let mut host = Host::start(&dir);
     host.wait_state("chaos", "running", STATE_TIMEOUT);
-    let echo = host.wait_state("http-echo", "running", STATE_TIMEOUT);
-    assert_eq!(echo["plugin"], "http-echo");
+    host.wait_state("web", "running", STATE_TIMEOUT);
+    let ticker = host.wait_settled("ticker", STATE_TIMEOUT);
+    assert_eq!(ticker["state"], "failed", "{ticker}");
+    assert_eq!(ticker["plugin"], "ticker", "{ticker}");
+    let error = ticker["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("path"),
+        "the constructor's complaint about `path` should show: {ticker}"
+    );
     let names: Vec<String> = host
         .containers()
         .iter()
         .filter_map(|c| c["name"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(names, ["chaos", "http-echo"]);
+    assert_eq!(
+        names,
+        ["chaos", "web", "ticker"],
+        "no default `http-echo` beside `web`"
+    );
+    let plugin = host.plugin("libticker.so");
+    assert_eq!(plugin["error_kind"], "constructor_failed", "{plugin}");
 
     host.signal(Signal::SIGINT);
     let status = host.wait_exit(EXIT_TIMEOUT);
@@ -155,16 +171,76 @@ fn sigint_stops_default_instances_cleanly() {
         host.logs()
     );
     let lines = host.lines();
-    let echo_stopped = stopped_index(&lines, "http-echo");
+    let web_stopped = stopped_index(&lines, "web");
     let chaos_stopped = stopped_index(&lines, "chaos");
     assert!(
-        echo_stopped.is_some() && chaos_stopped.is_some(),
+        web_stopped.is_some() && chaos_stopped.is_some(),
         "missing `container stopped` lines\n{}",
         host.logs()
     );
     assert!(
-        echo_stopped < chaos_stopped,
-        "http-echo must stop before chaos\n{}",
+        web_stopped < chaos_stopped,
+        "web must stop before chaos\n{}",
         host.logs()
+    );
+}
+
+/// The log contract: every line about a container carries `container=NAME` exactly as the
+/// spec writes it (unquoted), whether the host or the plugin wrote it, so one grep finds a
+/// container's whole story.
+#[test]
+fn log_lines_tag_containers_as_name_unquoted() {
+    let mut dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos]);
+    dir.write_config(&format!(
+        "[host]\nhealth_interval_ms = 100\n{}{}{}",
+        echo_entry("web", "x"),
+        chaos_entry("boom", "panic_in = \"start\""),
+        chaos_entry("sick", "fail_health_after = 1"),
+    ));
+    let mut host = Host::start(&dir);
+    host.wait_state("web", "running", STATE_TIMEOUT);
+    host.wait_state("boom", "failed", STATE_TIMEOUT);
+    host.wait_log("health check failed", STATE_TIMEOUT);
+    host.echo_addr("web");
+    host.signal(Signal::SIGTERM);
+    host.wait_exit(EXIT_TIMEOUT);
+
+    let lines = host.lines();
+    let tagged = |what: &str, name: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(what) && has_field(l, "container", name))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mut wrong = Vec::new();
+    for (what, name) in [
+        ("container running", "web"),
+        ("container stopped", "web"),
+        ("container failed", "boom"),
+        ("health check failed", "sick"),
+        ("listening", "web"),
+    ] {
+        let found = tagged(what, name);
+        assert!(
+            !found.is_empty(),
+            "no {what:?} line for {name}\n{}",
+            host.logs()
+        );
+        let exact = format!("container={name}");
+        wrong.extend(
+            found
+                .into_iter()
+                .filter(|l| {
+                    !l.split_whitespace()
+                        .any(|w| w == exact || w.ends_with(&format!("{{{exact}}}:")))
+                })
+                .map(|l| format!("{what:?}: {l}")),
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "lines that do not carry `container=NAME` unquoted:\n{}",
+        wrong.join("\n")
     );
 }

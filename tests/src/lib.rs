@@ -337,23 +337,13 @@ pub fn field_values(line: &str, key: &str) -> Vec<String> {
             continue;
         }
         let rest = &line[from..];
-        let value = if let Some(quoted) = rest.strip_prefix('"') {
-            quoted.split('"').next().unwrap_or_default()
-        } else {
-            rest.split(|c: char| c.is_whitespace() || c == ',' || c == '}' || c == ':')
-                .next()
-                .unwrap_or_default()
+        let value = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next(),
+            None => rest
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
+                .next(),
         };
-        // A bare value may end in a socket address's port: split on ':' above cut it, so
-        // take the full token for addresses.
-        let value = if key == "addr" {
-            rest.trim_start_matches('"')
-                .split(|c: char| c.is_whitespace() || c == '"' || c == ',' || c == '}')
-                .next()
-                .unwrap_or_default()
-        } else {
-            value
-        };
+        let value = value.unwrap_or_default();
         values.push(value.to_owned());
     }
     values

@@ -1,0 +1,218 @@
+//! `chaos`: an example Balut plugin that misbehaves on purpose, to exercise the host.
+//!
+//! Without faults configured it is a healthy, idle container that logs each call. Config
+//! (the `config` table of the container's entry; all optional):
+//!
+//! - `panic_in`: "new", "start", "stop", "health" or "drop": panics there with
+//!   "chaos: panic in <call>".
+//! - `hang_in`: "new", "start", "stop" or "health": blocks there, for `hang_ms` if set,
+//!   else forever.
+//! - `hang_ms`: how long `hang_in` blocks.
+//! - `fail_start`: `start` returns an error.
+//! - `fail_health_after`: `health` is unhealthy after that many checks.
+//! - `start_delay_ms`: `start` takes this long.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use balut_plugin_api::{Container, Context, Error, Health, Level, export_plugin};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    panic_in: Option<Call>,
+    hang_in: Option<HangIn>,
+    hang_ms: Option<u64>,
+    fail_start: bool,
+    fail_health_after: Option<u32>,
+    start_delay_ms: Option<u64>,
+}
+
+/// A call into the container where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Call {
+    New,
+    Start,
+    Stop,
+    Health,
+    Drop,
+}
+
+impl Call {
+    fn name(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Health => "health",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+/// The calls that can hang: all but `Drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HangIn {
+    New,
+    Start,
+    Stop,
+    Health,
+}
+
+impl From<HangIn> for Call {
+    fn from(hang_in: HangIn) -> Self {
+        match hang_in {
+            HangIn::New => Self::New,
+            HangIn::Start => Self::Start,
+            HangIn::Stop => Self::Stop,
+            HangIn::Health => Self::Health,
+        }
+    }
+}
+
+struct Chaos {
+    ctx: Context,
+    config: Config,
+    health_checks: AtomicU32,
+}
+
+impl Chaos {
+    fn new(config: Config, ctx: Context) -> Result<Self, Error> {
+        ctx.log(
+            Level::Info,
+            "created",
+            &[("config", &format!("{config:?}"))],
+        );
+        inject(&ctx, &config, Call::New);
+        Ok(Self {
+            ctx,
+            config,
+            health_checks: AtomicU32::new(0),
+        })
+    }
+}
+
+impl Container for Chaos {
+    fn start(&mut self) -> Result<(), Error> {
+        if let Some(ms) = self.config.start_delay_ms {
+            self.ctx
+                .log(Level::Info, "delaying start", &[("ms", &ms.to_string())]);
+            thread::sleep(Duration::from_millis(ms));
+        }
+        inject(&self.ctx, &self.config, Call::Start);
+        if self.config.fail_start {
+            return Err(Error::msg("chaos: start failed as configured"));
+        }
+        self.ctx.info("started, idling");
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        inject(&self.ctx, &self.config, Call::Stop);
+        self.ctx.info("stopped");
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        let check = self.health_checks.fetch_add(1, Ordering::SeqCst) + 1;
+        self.ctx
+            .log(Level::Debug, "health check", &[("n", &check.to_string())]);
+        inject(&self.ctx, &self.config, Call::Health);
+        health_at(check, self.config.fail_health_after)
+    }
+}
+
+impl Drop for Chaos {
+    fn drop(&mut self) {
+        self.ctx.info("dropped");
+        // Never panic while already unwinding: that would abort the whole process.
+        if !thread::panicking() {
+            inject(&self.ctx, &self.config, Call::Drop);
+        }
+    }
+}
+
+/// Hangs and/or panics if the config asks for it in `call`.
+fn inject(ctx: &Context, config: &Config, call: Call) {
+    if config.hang_in.map(Call::from) == Some(call) {
+        hang(ctx, call, config.hang_ms);
+    }
+    if config.panic_in == Some(call) {
+        ctx.log(Level::Warn, "panicking", &[("in", call.name())]);
+        panic!("chaos: panic in {}", call.name());
+    }
+}
+
+/// Blocks for `hang_ms`, or forever. Sleeps in short steps, like a busy call would.
+fn hang(ctx: &Context, call: Call, hang_ms: Option<u64>) {
+    let ms = hang_ms.map_or_else(|| "forever".to_owned(), |ms| ms.to_string());
+    ctx.log(Level::Warn, "hanging", &[("in", call.name()), ("ms", &ms)]);
+    let started = Instant::now();
+    while hang_ms.is_none_or(|ms| started.elapsed() < Duration::from_millis(ms)) {
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Healthy for the first `fail_after` checks, unhealthy from then on.
+fn health_at(check: u32, fail_after: Option<u32>) -> Health {
+    match fail_after {
+        Some(limit) if check > limit => Health::unhealthy(format!(
+            "chaos: unhealthy after {limit} checks as configured"
+        )),
+        _ => Health::Healthy,
+    }
+}
+
+export_plugin!(name: "chaos", version: env!("CARGO_PKG_VERSION"), constructor: Chaos::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Config, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn parses_faults() {
+        let none = parse("{}").unwrap();
+        assert_eq!(
+            (none.panic_in, none.hang_in, none.fail_start),
+            (None, None, false)
+        );
+
+        let config = parse(
+            r#"{"panic_in": "drop", "hang_in": "stop", "hang_ms": 50, "fail_start": true,
+                "fail_health_after": 3, "start_delay_ms": 10}"#,
+        )
+        .unwrap();
+        assert_eq!(config.panic_in, Some(Call::Drop));
+        assert_eq!(config.hang_in.map(Call::from), Some(Call::Stop));
+        assert_eq!(config.hang_ms, Some(50));
+        assert!(config.fail_start);
+        assert_eq!(config.fail_health_after, Some(3));
+        assert_eq!(config.start_delay_ms, Some(10));
+    }
+
+    #[test]
+    fn rejects_unknown_faults() {
+        assert!(parse(r#"{"panic_in": "later"}"#).is_err());
+        assert!(parse(r#"{"panic_in": "Start"}"#).is_err());
+        assert!(parse(r#"{"hang_in": "drop"}"#).is_err());
+        assert!(parse(r#"{"explode": true}"#).is_err());
+    }
+
+    #[test]
+    fn turns_unhealthy_after_the_configured_checks() {
+        assert_eq!(health_at(1_000, None), Health::Healthy);
+        assert_eq!(health_at(2, Some(2)), Health::Healthy);
+        assert!(matches!(health_at(3, Some(2)), Health::Unhealthy(_)));
+        assert!(matches!(health_at(1, Some(0)), Health::Unhealthy(_)));
+    }
+}

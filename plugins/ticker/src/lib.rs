@@ -1,0 +1,257 @@
+//! `ticker`: an example Balut plugin with a background worker thread.
+//!
+//! Every `interval_ms` it appends one line, `tick <n> <unix_millis>`, to the file at `path`
+//! (creating the file, but not its folder). `health` reports a failed write, or a worker
+//! that has fallen behind. `stop` wakes the worker at once and joins it.
+//!
+//! Config (the `config` table of the container's entry): `path` (required), `interval_ms`
+//! (1000; must be more than 0).
+
+#![forbid(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use balut_plugin_api::{Container, Context, Error, Health, Level, export_plugin};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// The file to append to. Its folder must exist.
+    path: PathBuf,
+    #[serde(default = "default_interval_ms")]
+    interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+/// What the worker last did, shared with `health`.
+#[derive(Debug)]
+struct Status {
+    /// When the last tick was written (when the worker started, before the first one).
+    last_ok: Instant,
+    /// Why the last write failed, if it did.
+    last_error: Option<String>,
+    /// Lines written so far.
+    written: u64,
+}
+
+/// The running worker: dropping `wake` tells it to stop.
+struct Worker {
+    wake: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+struct Ticker {
+    ctx: Context,
+    path: PathBuf,
+    interval: Duration,
+    status: Arc<Mutex<Status>>,
+    worker: Option<Worker>,
+}
+
+impl Ticker {
+    fn new(config: Config, ctx: Context) -> Result<Self, Error> {
+        if config.interval_ms == 0 {
+            return Err(Error::msg("interval_ms must be more than 0"));
+        }
+        let status = Status {
+            last_ok: Instant::now(),
+            last_error: None,
+            written: 0,
+        };
+        Ok(Self {
+            ctx,
+            path: config.path,
+            interval: Duration::from_millis(config.interval_ms),
+            status: Arc::new(Mutex::new(status)),
+            worker: None,
+        })
+    }
+}
+
+impl Container for Ticker {
+    fn start(&mut self) -> Result<(), Error> {
+        if self.worker.is_some() {
+            return Ok(());
+        }
+        lock(&self.status).last_ok = Instant::now();
+        let (wake, sleeper) = mpsc::channel();
+        let (ctx, path, interval, status) = (
+            self.ctx.clone(),
+            self.path.clone(),
+            self.interval,
+            Arc::clone(&self.status),
+        );
+        let thread = thread::Builder::new()
+            .name("ticker".into())
+            .spawn(move || run(&ctx, &path, interval, &status, &sleeper))?;
+        self.worker = Some(Worker { wake, thread });
+        let fields = [
+            ("path", &*self.path.to_string_lossy()),
+            ("interval_ms", &self.interval.as_millis().to_string()),
+        ];
+        self.ctx.log(Level::Info, "ticking", &fields);
+        Ok(())
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        let Some(Worker { wake, thread }) = self.worker.take() else {
+            return Ok(());
+        };
+        // Wakes the worker from its wait: it sees the channel closed and returns.
+        drop(wake);
+        thread
+            .join()
+            .map_err(|_| Error::msg("the ticker thread panicked"))?;
+        let written = lock(&self.status).written.to_string();
+        self.ctx
+            .log(Level::Info, "stopped", &[("lines_written", &written)]);
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        match &self.worker {
+            Some(worker) if !worker.thread.is_finished() => {
+                check(&lock(&self.status), self.interval, Instant::now())
+            }
+            _ => Health::unhealthy("the ticker thread is not running"),
+        }
+    }
+}
+
+impl Drop for Ticker {
+    /// A safety net: join the worker even if the host never got to call `stop`.
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The worker: one tick per interval until `stop` closes the channel.
+fn run(
+    ctx: &Context,
+    path: &Path,
+    interval: Duration,
+    status: &Mutex<Status>,
+    sleeper: &mpsc::Receiver<()>,
+) {
+    let mut wait = Duration::ZERO; // the first tick comes right away
+    for n in 1.. {
+        match sleeper.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // Disconnected: `stop` dropped the sender.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let started = Instant::now();
+        let result = append_tick(path, n, unix_millis());
+        let mut status = lock(status);
+        match result {
+            Ok(()) => {
+                if status.last_error.take().is_some() {
+                    ctx.info("writing again");
+                }
+                status.last_ok = Instant::now();
+                status.written += 1;
+            }
+            Err(e) => {
+                let reason = format!("cannot append to {}: {e}", path.display());
+                // Log a failure once, not on every tick.
+                if status.last_error.as_ref() != Some(&reason) {
+                    ctx.log(Level::Warn, "write failed", &[("error", &reason)]);
+                }
+                status.last_error = Some(reason);
+            }
+        }
+        // Keep the pace even when a write is slow.
+        wait = interval.saturating_sub(started.elapsed());
+    }
+}
+
+/// Appends `tick <n> <unix_millis>` to the file, creating the file if needed.
+fn append_tick(path: &Path, n: u64, unix_millis: u128) -> io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    // One write call per line, so lines from ticks never interleave.
+    file.write_all(format!("tick {n} {unix_millis}\n").as_bytes())
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The health rule: the last write must have worked, and not be older than 3 intervals.
+fn check(status: &Status, interval: Duration, now: Instant) -> Health {
+    if let Some(error) = &status.last_error {
+        return Health::unhealthy(error.clone());
+    }
+    let since = now.saturating_duration_since(status.last_ok);
+    if since > interval.saturating_mul(3) {
+        return Health::unhealthy(format!(
+            "falling behind: last tick {}ms ago",
+            since.as_millis()
+        ));
+    }
+    Health::Healthy
+}
+
+fn lock(status: &Mutex<Status>) -> MutexGuard<'_, Status> {
+    // The worker never panics while holding the lock; if it did, the data is still usable.
+    status.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+export_plugin!(name: "ticker", version: env!("CARGO_PKG_VERSION"), constructor: Ticker::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_follows_last_write() {
+        let interval = Duration::from_millis(100);
+        let start = Instant::now();
+        let mut status = Status {
+            last_ok: start,
+            last_error: None,
+            written: 0,
+        };
+        assert_eq!(check(&status, interval, start), Health::Healthy);
+        let later = start + Duration::from_millis(300);
+        assert_eq!(check(&status, interval, later), Health::Healthy);
+        let too_late = start + Duration::from_millis(301);
+        assert_eq!(
+            check(&status, interval, too_late),
+            Health::unhealthy("falling behind: last tick 301ms ago")
+        );
+        status.last_error = Some("cannot append to /x: denied".into());
+        assert_eq!(
+            check(&status, interval, start),
+            Health::unhealthy("cannot append to /x: denied")
+        );
+    }
+
+    #[test]
+    fn appends_lines_and_needs_the_folder() {
+        let dir = std::env::temp_dir().join(format!("balut-ticker-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ticks.log");
+        append_tick(&file, 1, 1000).unwrap();
+        append_tick(&file, 2, 2000).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "tick 1 1000\ntick 2 2000\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let missing = append_tick(&dir.join("ticks.log"), 3, 3000).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -67,7 +67,7 @@ impl FfiHost for HostServices {
         let message = message.as_str();
         macro_rules! emit {
             ($level:expr) => {
-                tracing::event!(target: "plugin", $level, container, generation, "{message}{fields}")
+                tracing::event!(target: "plugin", $level, container = %container, generation, "{message}{fields}")
             };
         }
         match level {

@@ -294,11 +294,15 @@ impl Supervisor {
             }
             Err(load_error) => {
                 error!(file, kind = load_error.kind(), error = %load_error, "plugin file refused");
-                self.board.set_plugin(error_status(
-                    &file,
-                    load_error.kind(),
-                    load_error.to_string(),
-                ));
+                let mut status = error_status(&file, load_error.kind(), load_error.to_string());
+                status.name = load_error.plugin().map(str::to_owned);
+                if let LoadError::InterfaceMismatch {
+                    plugin_interface, ..
+                } = &load_error
+                {
+                    status.interface_version = Some(plugin_interface.to_string());
+                }
+                self.board.set_plugin(status);
                 if let LoadError::LayoutMismatch { plugin, .. } = &load_error {
                     self.board.write().not_unloaded.push(NotUnloaded {
                         file: file.clone(),
@@ -395,7 +399,7 @@ impl Supervisor {
     }
 
     fn fail(&self, name: &str, error: String) {
-        error!(container = name, error = %error, "container failed");
+        error!(container = %name, error = %error, "container failed");
         self.set_state(name, State::Failed, Some(error));
     }
 
@@ -553,7 +557,7 @@ impl Supervisor {
         match result {
             Ok(report) => {
                 if !report.healthy {
-                    warn!(container = name, reason = %report.message, "health check failed");
+                    warn!(container = %name, reason = %report.message, "health check failed");
                 }
                 self.board.update_container(name, |status| {
                     status.health = Some(HealthStatus {

@@ -147,6 +147,17 @@ impl LoadError {
         }
     }
 
+    /// The plugin's declared name, when the file got far enough to tell it.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            Self::InterfaceMismatch { plugin, .. }
+            | Self::LayoutMismatch { plugin, .. }
+            | Self::Open { plugin, .. }
+            | Self::Timeout { plugin, .. } => Some(plugin),
+            _ => None,
+        }
+    }
+
     fn from_elf(file: &Path, problem: ElfProblem) -> Self {
         let file = file.to_owned();
         match problem {

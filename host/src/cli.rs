@@ -35,6 +35,9 @@ pub struct RunArgs {
     /// Address for the HTTP API [default: the config's `host.listen`, else 127.0.0.1:7070]
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
+    /// Load plugins even from a folder or files other users can write (for development).
+    #[arg(long)]
+    pub no_strict_modes: bool,
 }
 
 #[derive(Debug, Args)]

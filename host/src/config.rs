@@ -9,6 +9,9 @@
 //! shutdown_timeout_ms = 30000
 //! health_interval_ms = 10000
 //! health_timeout_ms = 2000
+//! settle_ms = 1000
+//! rescan_interval_ms = 10000
+//! strict_modes = true
 //!
 //! [containers.web]
 //! plugin = "http-echo"
@@ -64,6 +67,13 @@ pub struct HostConfig {
     pub health_interval_ms: Millis,
     pub health_timeout_ms: Millis,
     pub load_timeout_ms: Millis,
+    /// How long a plugin file that is not yet a whole library must stay unchanged before
+    /// it is reported as broken (a writer may still be at it).
+    pub settle_ms: Millis,
+    /// Period of the safety rescan of the plugin folder (events can be lost).
+    pub rescan_interval_ms: Millis,
+    /// Refuse plugin folders and files other users can write (like sshd's StrictModes).
+    pub strict_modes: bool,
 }
 
 impl Default for HostConfig {
@@ -78,6 +88,9 @@ impl Default for HostConfig {
             health_interval_ms: Millis(10_000),
             health_timeout_ms: Millis(2_000),
             load_timeout_ms: Millis(10_000),
+            settle_ms: Millis(1_000),
+            rescan_interval_ms: Millis(10_000),
+            strict_modes: true,
         }
     }
 }

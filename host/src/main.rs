@@ -8,6 +8,8 @@ mod loader;
 mod services;
 mod status;
 mod supervisor;
+mod trust;
+mod watcher;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -73,13 +75,26 @@ fn settings(args: &RunArgs) -> anyhow::Result<(Settings, std::net::SocketAddr)> 
             plugin_dir.display()
         );
     }
+    let plugin_dir = std::fs::canonicalize(&plugin_dir)
+        .with_context(|| format!("resolving the plugin folder {}", plugin_dir.display()))?;
+    let strict_modes = config.host.strict_modes && !args.no_strict_modes;
+    if strict_modes {
+        trust::check_folder(&plugin_dir)?;
+    }
     let listen = match args.listen.or(config.host.listen) {
         Some(addr) => addr,
         None => cli::DEFAULT_LISTEN
             .parse()
             .context("default listen address")?,
     };
-    Ok((Settings { plugin_dir, config }, listen))
+    Ok((
+        Settings {
+            plugin_dir,
+            config,
+            strict_modes,
+        },
+        listen,
+    ))
 }
 
 fn run(args: RunArgs) -> ExitCode {

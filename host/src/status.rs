@@ -57,12 +57,16 @@ pub struct ContainerStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
+    /// Being read, checked and opened (or waiting to be a whole file).
+    Loading,
     /// A generation of it is in memory.
     Loaded,
     /// A valid plugin with no live container: not in memory.
     Unloaded,
     /// It could not be loaded (see `error`).
     Error,
+    /// Its containers are being stopped and its library unloaded.
+    Unloading,
 }
 
 /// One plugin file, as `GET /v1/plugins` lists it.

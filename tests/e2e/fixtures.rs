@@ -30,7 +30,12 @@ fn beside_echo(
     );
     let mut entries = Vec::new();
     for file in files {
-        let p = host.plugin(file);
+        // A broken file only just written may still be being written: the host reports
+        // it once it has settled (`settle_ms`, 1 s by default).
+        let p = host.wait_until(&format!("{file} to settle"), STATE_TIMEOUT, |h| {
+            let p = h.plugin(file);
+            (p["status"] != "loading").then_some(p)
+        });
         assert_eq!(p["status"], "error", "{p}");
         assert_eq!(p["error_kind"], kind, "{file}: {p}");
         assert!(

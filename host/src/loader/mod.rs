@@ -296,14 +296,18 @@ impl Loader {
         self.private_dir.path()
     }
 
-    /// Reads, checks, copies and opens `file` as a new generation.
-    pub async fn load(&mut self, file: &Path) -> Result<Arc<Library>, LoadError> {
+    /// Checks `bytes` (the content of `file`), copies and opens them as a new generation.
+    /// Checking and loading the same bytes leaves no window for the file to change between.
+    pub async fn load_bytes(
+        &mut self,
+        file: &Path,
+        bytes: &[u8],
+    ) -> Result<Arc<Library>, LoadError> {
         let io_error = |source| LoadError::Io {
             file: file.to_owned(),
             source,
         };
-        let bytes = std::fs::read(file).map_err(io_error)?;
-        let decl = elf::inspect(&bytes).map_err(|p| LoadError::from_elf(file, p))?;
+        let decl = elf::inspect(bytes).map_err(|p| LoadError::from_elf(file, p))?;
         let info = PluginInfo::from(&decl);
         if !info.interface.loadable_by_host() {
             return Err(LoadError::InterfaceMismatch {
@@ -313,7 +317,7 @@ impl Loader {
                 host_interface: InterfaceVersion::HOST,
             });
         }
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let sha256 = content_hash(bytes);
         let generation = {
             let counter = self.generations.entry(file.to_owned()).or_insert(0);
             *counter += 1;
@@ -327,7 +331,7 @@ impl Loader {
             .private_dir
             .path()
             .join(format!("{stem}-g{generation}-{}.so", &sha256[..12]));
-        write_private_copy(&copy, &bytes).map_err(io_error)?;
+        write_private_copy(&copy, bytes).map_err(io_error)?;
 
         match open_on_own_thread(copy.clone(), self.load_timeout).await {
             Ok((handle, module)) => Ok(Arc::new(Library {
@@ -375,8 +379,14 @@ fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o400)
         .open(copy)?;
-    out.write_all(bytes)?;
-    out.sync_all()
+    // No fsync: the copy only has to outlive this process, and dlopen reads it through
+    // the page cache.
+    out.write_all(bytes)
+}
+
+/// Hex SHA-256 of a file's content: the identity of a plugin version.
+pub fn content_hash(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 enum OpenFailure {

@@ -1,0 +1,552 @@
+//! Containers: registering, starting, stopping, health results, shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::{Command, Container, Instance, ShutdownReport, Supervisor, file_name};
+use crate::config::ContainerConfig;
+use crate::loader::{CallError, HealthReport, Library, Worker};
+use crate::services::HostServices;
+use crate::status::{
+    ContainerStatus, FileState, HealthStatus, NotUnloaded, PluginStatus, State, rfc3339,
+};
+
+impl Supervisor {
+    /// Makes sure the containers of `plugin` are registered: the config's instances of it
+    /// (in file order), or else one instance named after the plugin. Returns their indices
+    /// in registration order.
+    pub(super) fn ensure_registered(&mut self, plugin: &str) -> Vec<usize> {
+        let configured: Vec<(String, ContainerConfig)> = self
+            .settings
+            .config
+            .containers
+            .iter()
+            .filter(|(_, c)| c.plugin == plugin)
+            .map(|(name, c)| (name.as_str().to_owned(), c.clone()))
+            .collect();
+        if configured.is_empty() {
+            let taken = self
+                .settings
+                .config
+                .containers
+                .keys()
+                .any(|n| n.as_str() == plugin);
+            if taken {
+                warn!(
+                    plugin,
+                    "no default instance: a configured container of another plugin has its name"
+                );
+            } else if self.index_of(plugin).is_none() {
+                self.register(plugin, plugin, None);
+            }
+        }
+        for (name, config) in &configured {
+            if self.index_of(name).is_none() {
+                self.register(name, plugin, Some(config));
+            }
+        }
+        (0..self.containers.len())
+            .filter(|&i| self.containers[i].plugin == plugin)
+            .collect()
+    }
+
+    /// Registers every configured container not registered yet (their plugin is not in
+    /// the folder): they are listed as failed until it appears.
+    pub(super) fn register_missing(&mut self) {
+        let missing: Vec<(String, ContainerConfig)> = self
+            .settings
+            .config
+            .containers
+            .iter()
+            .filter(|(name, _)| self.index_of(name.as_str()).is_none())
+            .map(|(name, c)| (name.as_str().to_owned(), c.clone()))
+            .collect();
+        for (name, config) in missing {
+            self.register(&name, &config.plugin, Some(&config));
+            let message = format!(
+                "no plugin named `{}` in {}",
+                config.plugin,
+                self.settings.plugin_dir.display()
+            );
+            self.fail(&name, message);
+        }
+    }
+
+    fn register(&mut self, name: &str, plugin: &str, config: Option<&ContainerConfig>) {
+        let host = &self.host;
+        self.containers.push(Container {
+            name: name.to_owned(),
+            plugin: plugin.to_owned(),
+            configured: config.is_some(),
+            wanted: true,
+            config_json: config.map_or_else(|| "{}".to_owned(), ContainerConfig::config_json),
+            start_timeout: config
+                .and_then(|c| c.start_timeout_ms)
+                .unwrap_or(host.start_timeout_ms)
+                .duration(),
+            stop_timeout: config
+                .and_then(|c| c.stop_timeout_ms)
+                .unwrap_or(host.stop_timeout_ms)
+                .duration(),
+            instance: None,
+        });
+        self.board.write().containers.push(ContainerStatus {
+            name: name.to_owned(),
+            plugin: plugin.to_owned(),
+            version: None,
+            state: State::Stopped,
+            since: rfc3339(SystemTime::now()),
+            last_error: None,
+            generation: None,
+            file: None,
+            loaded_at: None,
+            sha256: None,
+            health: None,
+        });
+        info!(container = name, plugin, "container registered");
+    }
+
+    /// Forgets container `index` (it must not be live).
+    pub(super) fn deregister(&mut self, index: usize) {
+        let container = self.containers.remove(index);
+        self.board
+            .write()
+            .containers
+            .retain(|c| c.name != container.name);
+        info!(container = %container.name, "container deregistered");
+    }
+
+    pub(super) fn set_state(&self, name: &str, state: State, error: Option<String>) {
+        self.board.update_container(name, |status| {
+            status.state = state;
+            status.since = rfc3339(SystemTime::now());
+            if error.is_some() || state == State::Starting {
+                status.last_error = error;
+            }
+            if state == State::Starting {
+                status.health = None;
+            }
+        });
+    }
+
+    pub(super) fn fail(&self, name: &str, error: String) {
+        error!(container = %name, error = %error, "container failed");
+        self.set_state(name, State::Failed, Some(error));
+    }
+
+    /// The library for `plugin`: the generation in memory, or a fresh load of its file.
+    async fn library_for(&mut self, plugin: &str) -> Result<Arc<Library>, String> {
+        let Some(path) = self.providers.get(plugin).cloned() else {
+            return Err(format!(
+                "no plugin named `{plugin}` in {}",
+                self.settings.plugin_dir.display()
+            ));
+        };
+        if let Some(library) = self.files.get(&path).and_then(|f| f.library.clone()) {
+            return Ok(library);
+        }
+        self.load_again(&path).await
+    }
+
+    /// Constructs and starts container `index` unless it is already live. Returns whether
+    /// it is running.
+    pub(super) async fn start_container(&mut self, index: usize) -> bool {
+        if self.containers[index].instance.is_some() {
+            return true;
+        }
+        let name = self.containers[index].name.clone();
+        let plugin = self.containers[index].plugin.clone();
+        self.set_state(&name, State::Starting, None);
+        info!(container = %name, "container starting");
+        let library = match self.library_for(&plugin).await {
+            Ok(library) => library,
+            Err(message) => {
+                self.fail(&name, message);
+                return false;
+            }
+        };
+        self.board.update_container(&name, |status| {
+            status.version = Some(library.info.version.clone());
+            status.generation = Some(library.generation);
+            status.file = Some(file_name(&library.file));
+            status.loaded_at = Some(rfc3339(library.loaded_at));
+            status.sha256 = Some(library.short_hash().to_owned());
+        });
+        let worker = match Worker::spawn(&name, library.clone()) {
+            Ok(worker) => Arc::new(worker),
+            Err(e) => {
+                self.fail(&name, format!("cannot spawn its thread: {e}"));
+                return false;
+            }
+        };
+        let (config_json, start_timeout) = {
+            let c = &self.containers[index];
+            (c.config_json.clone(), c.start_timeout)
+        };
+        let mut instance = Instance {
+            worker,
+            services: HostServices::new(&name, library.generation),
+            health_task: None,
+        };
+        let constructed = instance
+            .worker
+            .construct(
+                &name,
+                config_json,
+                instance.services.to_ffi(),
+                start_timeout,
+            )
+            .await;
+        if let Err(e) = constructed {
+            let (kind, message) = match &e {
+                CallError::Panicked(m) => ("constructor_panicked", format!("constructor {m}")),
+                other => ("constructor_failed", format!("constructor failed: {other}")),
+            };
+            self.fail(&name, message.clone());
+            self.board.update_plugin(&file_name(&library.file), |p| {
+                p.error = Some(format!(
+                    "{}: container `{name}`: {message}",
+                    library.file.display()
+                ));
+                p.error_kind = Some(kind.to_owned());
+            });
+            drop(library);
+            self.teardown(index, instance, false).await;
+            return false;
+        }
+        if let Err(e) = instance.worker.start(start_timeout).await {
+            let message = if e.is_stuck() {
+                format!("stuck in start: {e}")
+            } else {
+                format!("start failed: {e}")
+            };
+            self.fail(&name, message);
+            drop(library);
+            self.teardown(index, instance, true).await;
+            return false;
+        }
+        instance.health_task =
+            Some(self.spawn_health_checks(&name, library.generation, instance.worker.clone()));
+        self.containers[index].instance = Some(instance);
+        self.set_state(&name, State::Running, None);
+        info!(container = %name, generation = library.generation, "container running");
+        true
+    }
+
+    fn spawn_health_checks(
+        &self,
+        name: &str,
+        generation: u64,
+        worker: Arc<Worker>,
+    ) -> JoinHandle<()> {
+        let commands = self.commands.clone();
+        let name = name.to_owned();
+        let period = self.host.health_interval_ms.duration();
+        let timeout = self.host.health_timeout_ms.duration();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let result = worker.health(timeout).await;
+                let stop = result
+                    .as_ref()
+                    .is_err_and(|e| !matches!(e, CallError::Failed(_)));
+                let sent = commands
+                    .send(Command::Health {
+                        name: name.clone(),
+                        generation,
+                        result,
+                    })
+                    .await;
+                if sent.is_err() || stop {
+                    return;
+                }
+            }
+        })
+    }
+
+    pub(super) async fn on_health(
+        &mut self,
+        name: &str,
+        generation: u64,
+        result: Result<HealthReport, CallError>,
+    ) {
+        let Some(index) = self.index_of(name) else {
+            return;
+        };
+        let current = self.containers[index]
+            .instance
+            .as_ref()
+            .map(|i| i.worker.library().generation);
+        if current != Some(generation) {
+            return; // A result from an instance that is gone.
+        }
+        let now = rfc3339(SystemTime::now());
+        match result {
+            Ok(report) => {
+                if !report.healthy {
+                    warn!(container = %name, reason = %report.message, "health check failed");
+                }
+                self.board.update_container(name, |status| {
+                    status.health = Some(HealthStatus {
+                        healthy: report.healthy,
+                        message: report.message,
+                        checked_at: now,
+                        duration_ms: report.duration.as_secs_f64() * 1000.0,
+                    });
+                });
+            }
+            Err(CallError::Failed(message)) => {
+                self.board.update_container(name, |status| {
+                    status.health = Some(HealthStatus {
+                        healthy: false,
+                        message,
+                        checked_at: now,
+                        duration_ms: 0.0,
+                    });
+                });
+            }
+            Err(e) => {
+                let message = if e.is_stuck() {
+                    format!("stuck in health check: {e}")
+                } else {
+                    format!("health check {e}")
+                };
+                self.fail(name, message);
+                if let Some(instance) = self.containers[index].instance.take() {
+                    self.teardown(index, instance, true).await;
+                }
+            }
+        }
+    }
+
+    /// Stops container `index` if it is live: stop, drop, join, unload if last.
+    pub(super) async fn stop_container(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some(instance) = self.containers[index].instance.take() else {
+            return Ok(());
+        };
+        let name = self.containers[index].name.clone();
+        self.set_state(&name, State::Stopping, None);
+        info!(container = %name, "container stopping");
+        match self.teardown_with(index, instance, true, timeout).await {
+            Ok(()) => {
+                self.set_state(&name, State::Stopped, None);
+                info!(container = %name, "container stopped");
+                Ok(())
+            }
+            Err(message) => {
+                self.fail(&name, message.clone());
+                Err(message)
+            }
+        }
+    }
+
+    async fn teardown(&mut self, index: usize, instance: Instance, call_stop: bool) {
+        let timeout = self.containers[index].stop_timeout;
+        if let Err(message) = self
+            .teardown_with(index, instance, call_stop, timeout)
+            .await
+        {
+            let name = self.containers[index].name.clone();
+            warn!(container = %name, error = %message, "cleaning up after a failure");
+        }
+    }
+
+    /// Ends an instance: stop (optionally), drop the plugin value, join its thread, and
+    /// unload its library if nothing else uses it. Returns the first problem.
+    async fn teardown_with(
+        &mut self,
+        index: usize,
+        mut instance: Instance,
+        call_stop: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        if let Some(task) = instance.health_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        instance.services.request_stop();
+        let deadline = Instant::now() + timeout;
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let mut problem = None;
+        if call_stop {
+            if let Err(e) = instance.worker.stop(left()).await {
+                problem = Some(if e.is_stuck() {
+                    format!("stuck in stop: {e}")
+                } else {
+                    format!("stop failed: {e}")
+                });
+            }
+        }
+        if let Err(e) = instance.worker.dispose(left()).await {
+            if !matches!(e, CallError::Stuck) || problem.is_none() {
+                problem.get_or_insert(format!("drop {e}"));
+            }
+        }
+        let library = instance.worker.library().clone();
+        let finished = match Arc::try_unwrap(instance.worker) {
+            Ok(worker) => worker.finish(left()).await.map_err(|e| e.to_string()),
+            Err(_) => Err("its thread is still referenced".to_owned()),
+        };
+        if let Err(e) = finished {
+            let reason = format!(
+                "container `{}`: its thread did not end ({e}); the library stays loaded",
+                self.containers[index].name
+            );
+            warn!(file = %library.file.display(), generation = library.generation, reason, "library cannot be unloaded");
+            self.board.write().not_unloaded.push(NotUnloaded {
+                file: file_name(&library.file),
+                plugin: library.info.name.clone(),
+                generation: library.generation,
+                copy: library.copy.display().to_string(),
+                reason,
+            });
+            problem.get_or_insert(format!("its thread did not end: {e}"));
+        }
+        self.release_library_if_unused(&library.file.clone(), Some(library));
+        problem.map_or(Ok(()), Err)
+    }
+
+    /// Unloads the file's library when only the supervisor holds it (no container of it
+    /// is live), marking the file `unloaded`.
+    pub(super) fn release_library_if_unused(&mut self, path: &Path, held: Option<Arc<Library>>) {
+        drop(held);
+        let Some(entry) = self.files.get_mut(path) else {
+            return;
+        };
+        let unused = entry
+            .library
+            .as_ref()
+            .is_some_and(|l| Arc::strong_count(l) == 1);
+        if !unused {
+            return;
+        }
+        if let Some(library) = entry.library.take() {
+            self.unload_generation(library);
+            self.board.update_plugin(&file_name(path), |p| {
+                if p.status == FileState::Loaded {
+                    p.status = if p.error_kind.is_some() {
+                        FileState::Error
+                    } else {
+                        FileState::Unloaded
+                    };
+                }
+            });
+        }
+    }
+
+    /// Unloads a generation nothing else should hold, reporting a library that stays
+    /// mapped. A generation still held (by a stuck thread) is left mapped for good.
+    pub(super) fn unload_generation(&mut self, library: Arc<Library>) {
+        let file = file_name(&library.file);
+        let (generation, copy, plugin) = (
+            library.generation,
+            library.copy.clone(),
+            library.info.name.clone(),
+        );
+        let report = match library.unload() {
+            Ok(report) => report,
+            Err(held) => {
+                warn!(
+                    file,
+                    generation, "library still in use by a stuck thread; it stays loaded"
+                );
+                drop(held);
+                return;
+            }
+        };
+        for problem in &report.errors {
+            warn!(file, generation, problem = %problem, "while unloading");
+        }
+        if report.still_mapped {
+            let reason =
+                "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";
+            warn!(file, generation, copy = %copy.display(), mapped = true, reason, "library still mapped");
+            self.board.write().not_unloaded.push(NotUnloaded {
+                file,
+                plugin,
+                generation,
+                copy: copy.display().to_string(),
+                reason: reason.into(),
+            });
+        } else {
+            info!(file, generation, copy = %copy.display(), mapped = false, "library unloaded");
+        }
+    }
+
+    /// Stops every live container in reverse registration order within the shutdown
+    /// budget, then unloads every library.
+    pub(super) async fn shutdown(&mut self) -> ShutdownReport {
+        self.watcher = None;
+        let budget = self.host.shutdown_timeout_ms.duration();
+        let deadline = Instant::now() + budget;
+        info!(budget_ms = budget.as_millis() as u64, "shutting down");
+        let mut report = ShutdownReport::default();
+        for index in (0..self.containers.len()).rev() {
+            if self.containers[index].instance.is_none() {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = self.containers[index]
+                .stop_timeout
+                .min(left)
+                .max(Duration::from_millis(1));
+            if let Err(reason) = self.stop_container(index, timeout).await {
+                report
+                    .failures
+                    .push((self.containers[index].name.clone(), reason));
+            }
+        }
+        for path in self.files.keys().cloned().collect::<Vec<_>>() {
+            self.release_library_if_unused(&path, None);
+        }
+        report.not_unloaded = self.board.read().not_unloaded.clone();
+        for (name, reason) in &report.failures {
+            warn!(container = %name, reason = %reason, "did not stop cleanly");
+        }
+        report
+    }
+}
+
+pub(super) fn loaded_status(file: &str, library: &Library) -> PluginStatus {
+    PluginStatus {
+        file: file.to_owned(),
+        status: FileState::Loaded,
+        error: None,
+        error_kind: None,
+        name: Some(library.info.name.clone()),
+        version: Some(library.info.version.clone()),
+        interface_version: Some(library.info.interface.to_string()),
+        generation: Some(library.generation),
+        sha256: Some(library.short_hash().to_owned()),
+        loaded_at: Some(rfc3339(library.loaded_at)),
+    }
+}
+
+pub(super) fn error_status(file: &str, kind: &str, message: String) -> PluginStatus {
+    PluginStatus {
+        file: file.to_owned(),
+        status: FileState::Error,
+        error: Some(message),
+        error_kind: Some(kind.to_owned()),
+        name: None,
+        version: None,
+        interface_version: None,
+        generation: None,
+        sha256: None,
+        loaded_at: None,
+    }
+}

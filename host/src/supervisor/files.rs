@@ -1,0 +1,744 @@
+//! The plugin folder is the desired state: this side of the supervisor converges the
+//! loaded generations to it.
+//!
+//! Events (and rescans) only mark a name as worth a look. A name is looked at once it has
+//! been quiet for [`QUIET`]; the look decides from the file itself: gone -> remove; same
+//! content hash as before -> nothing (a `touch`); a whole ELF with new content -> add or
+//! reload; not yet a whole ELF and changed within `settle_ms` -> look again later (a writer
+//! may still be at it; a half-written file is never opened); broken and settled -> refuse,
+//! once per content.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::containers::{error_status, loaded_status};
+use super::{PluginFile, Supervisor, file_name};
+use crate::loader::{Library, LoadError, content_hash};
+use crate::status::{FileState, NotUnloaded, PluginStatus};
+use crate::trust;
+use crate::watcher::{self, FolderEvent};
+
+/// How long a name must be free of events before it is looked at: long enough to merge
+/// the events of one `cp` or rename, far shorter than a human notices.
+pub const QUIET: Duration = Duration::from_millis(20);
+
+/// What cheaply tells that a file changed: size, modification time, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode: meta.ino(),
+        }
+    }
+}
+
+/// Names waiting to be looked at, and when each last had an event.
+#[derive(Debug, Default)]
+pub struct Pending {
+    due: HashMap<PathBuf, Instant>,
+    last_event: HashMap<PathBuf, Instant>,
+}
+
+impl Pending {
+    /// An event for `path`: look at it once it has been quiet for [`QUIET`].
+    pub fn touch(&mut self, path: PathBuf, now: Instant) {
+        self.due.insert(path.clone(), now + QUIET);
+        self.last_event.insert(path, now);
+    }
+
+    /// Look at `path` again at `at` (unless an event brings it forward).
+    pub fn retry_at(&mut self, path: PathBuf, at: Instant) {
+        let due = self.due.entry(path).or_insert(at);
+        *due = (*due).min(at);
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// The names due by `now`, sorted, removed from the queue.
+    pub fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due: Vec<PathBuf> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        due.sort();
+        for path in &due {
+            self.due.remove(path);
+        }
+        due
+    }
+
+    pub fn last_event(&self, path: &Path) -> Option<Instant> {
+        self.last_event.get(path).copied()
+    }
+
+    pub fn forget(&mut self, path: &Path) {
+        self.due.remove(path);
+        self.last_event.remove(path);
+    }
+}
+
+/// Whether a name in the folder is a plugin candidate: `*.so`, not a dotfile. Everything
+/// else (READMEs, editor and temp files such as `x.so.tmp` or `x.so~`) is ignored quietly.
+pub fn is_candidate(name: &str) -> bool {
+    name.ends_with(".so") && !name.starts_with('.')
+}
+
+/// The candidate names in `dir`, sorted.
+pub fn list_candidates(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_candidate(&entry.file_name().to_string_lossy()) {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Load errors a file still being written shows.
+fn looks_partial(error: &LoadError) -> bool {
+    matches!(
+        error,
+        LoadError::NotElf { .. } | LoadError::Truncated { .. }
+    )
+}
+
+impl Supervisor {
+    /// Starts watching the folder, loads every plugin file in it (in file-name order),
+    /// registers and starts their containers, then lists configured containers whose
+    /// plugin is missing as failed.
+    pub async fn start_all(&mut self) -> std::io::Result<()> {
+        let dir = self.settings.plugin_dir.clone();
+        // Watch first, so nothing that happens during the scan is missed.
+        match watcher::watch(&dir, self.folder_sender.clone()) {
+            Ok(watcher) => self.watcher = Some(watcher),
+            Err(e) => warn!(
+                plugin_dir = %dir.display(),
+                error = %e,
+                "cannot watch the plugin folder; changes are picked up by periodic rescans only"
+            ),
+        }
+        for path in list_candidates(&dir)? {
+            if let Some(at) = self.evaluate(&path).await {
+                self.pending.retry_at(path, at);
+            }
+        }
+        self.register_missing();
+        Ok(())
+    }
+
+    pub(super) fn on_folder_event(&mut self, event: FolderEvent) {
+        let dir = &self.settings.plugin_dir;
+        match event {
+            FolderEvent::Changed(path) => match (path.parent(), path.file_name()) {
+                (Some(parent), Some(name)) if parent == dir => {
+                    let path = dir.join(name);
+                    self.pending.touch(path, Instant::now());
+                }
+                _ => self.rescan(true),
+            },
+            FolderEvent::Rescan(reason) => {
+                warn!(reason, "rescanning the plugin folder");
+                self.rescan(true);
+            }
+        }
+    }
+
+    /// Marks for a look every name whose stamp differs from the last look (or every name,
+    /// when `full`), and every known name that is gone.
+    pub(super) fn rescan(&mut self, full: bool) {
+        let listed = match list_candidates(&self.settings.plugin_dir) {
+            Ok(listed) => listed,
+            Err(e) => {
+                warn!(plugin_dir = %self.settings.plugin_dir.display(), error = %e, "cannot list the plugin folder");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for path in &listed {
+            let stamp = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
+            let known = self.files.get(path).map(|f| f.stamp);
+            if full || known != Some(stamp) {
+                self.pending.touch(path.clone(), now);
+            }
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|path| !listed.contains(path))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.pending.touch(path, now);
+        }
+    }
+
+    /// Looks at every name that is due.
+    pub(super) async fn settle_due(&mut self) {
+        for path in self.pending.take_due(Instant::now()) {
+            if let Some(at) = self.evaluate(&path).await {
+                self.pending.retry_at(path, at);
+            }
+        }
+    }
+
+    /// Looks at one name and acts. Returns when to look again, if it is not settled.
+    async fn evaluate(&mut self, path: &Path) -> Option<Instant> {
+        if !is_candidate(&file_name(path)) {
+            return None;
+        }
+        let link = match std::fs::symlink_metadata(path) {
+            Ok(link) => link,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.remove(path).await;
+                return None;
+            }
+            Err(e) => {
+                let message = format!("{}: cannot read: {e}", path.display());
+                self.refuse(path, "io", message, format!("io:{e}"));
+                return None;
+            }
+        };
+        if link.is_dir() {
+            let message = format!("{}: is a folder, not a plugin library", path.display());
+            self.refuse(path, "not_a_file", message, "folder".into());
+            return None;
+        }
+        if link.file_type().is_symlink() {
+            if let Err(message) = self.check_symlink(path) {
+                self.refuse(path, "untrusted", message.clone(), message);
+                return None;
+            }
+        }
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let message = format!("{}: cannot read: {e}", path.display());
+                self.refuse(path, "io", message, format!("io:{e}"));
+                return None;
+            }
+        };
+        if !meta.is_file() {
+            let message = format!("{}: not a regular file", path.display());
+            self.refuse(path, "not_a_file", message, "special".into());
+            return None;
+        }
+        if self.settings.strict_modes {
+            if let Err(e) = trust::check(path, &meta) {
+                let message = e.to_string();
+                self.refuse(path, "untrusted", message.clone(), message);
+                return None;
+            }
+        }
+        let stamp = Stamp::of(&meta);
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let message = format!("{}: cannot read: {e}", path.display());
+                self.refuse(path, "io", message, format!("io:{e}"));
+                return None;
+            }
+        };
+        let after = std::fs::metadata(path).ok().map(|m| Stamp::of(&m));
+        if after != Some(stamp) {
+            // Written to while we read it: look again once it is quiet.
+            return Some(Instant::now() + QUIET);
+        }
+        let entry = self.files.entry(path.to_owned()).or_default();
+        entry.stamp = Some(stamp);
+        let hash = content_hash(&bytes);
+        if entry.seen.as_deref() == Some(hash.as_str()) {
+            return None;
+        }
+        match entry.library.clone() {
+            Some(old) if old.sha256 == hash => {
+                entry.seen = Some(hash);
+                None
+            }
+            Some(old) => self.reload(path, &bytes, hash, old, &meta).await,
+            None => self.add(path, &bytes, hash, &meta).await,
+        }
+    }
+
+    /// A symlink is followed only when its target is inside the plugin folder.
+    fn check_symlink(&self, path: &Path) -> Result<(), String> {
+        let target = std::fs::canonicalize(path)
+            .map_err(|e| format!("{}: cannot resolve the symlink: {e}", path.display()))?;
+        if target.starts_with(&self.settings.plugin_dir) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: symlink target {} is outside the plugin folder {}",
+                path.display(),
+                target.display(),
+                self.settings.plugin_dir.display()
+            ))
+        }
+    }
+
+    /// When a file that fails to load may still be being written, when to look again.
+    fn still_settling(&self, path: &Path, meta: &Metadata) -> Option<Instant> {
+        let now = Instant::now();
+        let event_age = self
+            .pending
+            .last_event(path)
+            .map(|at| now.duration_since(at));
+        let write_age = meta.modified().ok().map(|m| {
+            SystemTime::now()
+                .duration_since(m)
+                .unwrap_or(Duration::ZERO)
+        });
+        let age = event_age.into_iter().chain(write_age).min()?;
+        let settle = self.host.settle_ms.duration();
+        (age < settle).then(|| now + (settle - age))
+    }
+
+    /// Records that `path` cannot be used, logging it once per `key` (content or condition).
+    /// A generation of it already running keeps running.
+    fn refuse(&mut self, path: &Path, kind: &str, message: String, key: String) {
+        let file = file_name(path);
+        let entry = self.files.entry(path.to_owned()).or_default();
+        if entry.seen.as_deref() == Some(key.as_str()) {
+            return;
+        }
+        entry.seen = Some(key);
+        let running = entry.library.as_ref().map(|l| l.generation);
+        error!(file, kind, error = %message, "plugin file refused");
+        match running {
+            Some(generation) => self.board.update_plugin(&file, |p| {
+                p.status = FileState::Error;
+                p.error = Some(format!("{message}; generation {generation} keeps running"));
+                p.error_kind = Some(kind.to_owned());
+            }),
+            None => self.board.set_plugin(error_status(&file, kind, message)),
+        }
+    }
+
+    /// [`Self::refuse`] for a load error, with what it tells about the plugin.
+    fn refuse_load(&mut self, path: &Path, error: &LoadError, hash: String) {
+        self.refuse(path, error.kind(), error.to_string(), hash);
+        let file = file_name(path);
+        self.board.update_plugin(&file, |p| {
+            if p.name.is_none() {
+                p.name = error.plugin().map(str::to_owned);
+            }
+            if let LoadError::InterfaceMismatch {
+                plugin_interface, ..
+            } = error
+            {
+                p.interface_version = Some(plugin_interface.to_string());
+            }
+        });
+        if let LoadError::LayoutMismatch { plugin, .. } = error {
+            self.board.write().not_unloaded.push(NotUnloaded {
+                file,
+                plugin: plugin.clone(),
+                generation: 0,
+                copy: String::new(),
+                reason: "failed abi_stable's layout check; kept mapped because abi_stable may hold pointers into it"
+                    .into(),
+            });
+        }
+    }
+
+    fn set_file_state(&self, path: &Path, state: FileState) {
+        let file = file_name(path);
+        let known = self.board.read().plugins.iter().any(|p| p.file == file);
+        if known {
+            self.board.update_plugin(&file, |p| p.status = state);
+        } else {
+            self.board.set_plugin(PluginStatus {
+                status: state,
+                ..error_status(&file, "", String::new())
+            });
+            self.board.update_plugin(&file, |p| {
+                p.error = None;
+                p.error_kind = None;
+            });
+        }
+    }
+
+    /// Makes `library` the file's generation in memory; refuses a second file declaring a
+    /// plugin name another file already provides.
+    fn install(&mut self, path: &Path, library: Arc<Library>, hash: String) -> bool {
+        let file = file_name(path);
+        let name = library.info.name.clone();
+        if let Some(other) = self.providers.get(&name).filter(|other| *other != path) {
+            let message = format!(
+                "{}: plugin `{name}` is already provided by {}",
+                path.display(),
+                other.display()
+            );
+            self.refuse(path, "duplicate_plugin", message, hash);
+            self.board.update_plugin(&file, |p| p.name = Some(name));
+            self.unload_generation(library);
+            return false;
+        }
+        info!(
+            file,
+            plugin = %name,
+            version = %library.info.version,
+            generation = library.generation,
+            sha256 = library.short_hash(),
+            copy = %library.copy.display(),
+            "library loaded"
+        );
+        self.board.set_plugin(loaded_status(&file, &library));
+        self.providers.insert(name.clone(), path.to_owned());
+        let entry = self.files.entry(path.to_owned()).or_default();
+        entry.plugin = Some(name);
+        entry.library = Some(library);
+        entry.seen = Some(hash);
+        true
+    }
+
+    /// A new plugin file (or new content of one not in memory): load it, register and
+    /// start its containers.
+    async fn add(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        hash: String,
+        meta: &Metadata,
+    ) -> Option<Instant> {
+        self.set_file_state(path, FileState::Loading);
+        let library = match self.loader.load_bytes(path, bytes).await {
+            Ok(library) => library,
+            Err(e) => {
+                if looks_partial(&e) {
+                    if let Some(at) = self.still_settling(path, meta) {
+                        return Some(at);
+                    }
+                }
+                self.refuse_load(path, &e, hash);
+                return None;
+            }
+        };
+        let name = library.info.name.clone();
+        if !self.install(path, library, hash) {
+            return None;
+        }
+        for index in self.ensure_registered(&name) {
+            if self.containers[index].wanted && self.containers[index].instance.is_none() {
+                self.start_container(index).await;
+            }
+        }
+        self.release_library_if_unused(path, None);
+        None
+    }
+
+    /// Loads the file again for a container start when no generation of it is in memory.
+    pub(super) async fn load_again(&mut self, path: &Path) -> Result<Arc<Library>, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let hash = content_hash(&bytes);
+        match self.loader.load_bytes(path, &bytes).await {
+            Ok(library) => {
+                if self.install(path, library.clone(), hash) {
+                    Ok(library)
+                } else {
+                    Err(format!("{}: refused as a duplicate plugin", path.display()))
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                self.refuse_load(path, &e, hash);
+                Err(message)
+            }
+        }
+    }
+
+    /// New content for a file whose generation `old` is in memory: load it beside the old,
+    /// swap the containers over, and roll back if the new ones do not start.
+    async fn reload(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        hash: String,
+        old: Arc<Library>,
+        meta: &Metadata,
+    ) -> Option<Instant> {
+        let file = file_name(path);
+        self.set_file_state(path, FileState::Loading);
+        let new = match self.loader.load_bytes(path, bytes).await {
+            Ok(new) => new,
+            Err(e) => {
+                if looks_partial(&e) {
+                    if let Some(at) = self.still_settling(path, meta) {
+                        self.set_file_state(path, FileState::Loaded);
+                        return Some(at);
+                    }
+                }
+                self.refuse_load(path, &e, hash);
+                return None;
+            }
+        };
+        if new.info.name != old.info.name {
+            // Another plugin now lives in this file: remove the old one, add the new one.
+            self.remove_plugin_of(path).await;
+            drop(old);
+            let name = new.info.name.clone();
+            if self.install(path, new, hash) {
+                for index in self.ensure_registered(&name) {
+                    if self.containers[index].wanted {
+                        self.start_container(index).await;
+                    }
+                }
+                self.release_library_if_unused(path, None);
+            }
+            return None;
+        }
+        let plugin = old.info.name.clone();
+        let live: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|c| c.plugin == plugin && c.instance.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        self.stop_named(&live).await;
+
+        info!(
+            file,
+            plugin = %plugin,
+            version = %new.info.version,
+            generation = new.generation,
+            sha256 = new.short_hash(),
+            copy = %new.copy.display(),
+            "library loaded"
+        );
+        self.swap_generation(path, new.clone());
+        let mut failures = Vec::new();
+        for name in &live {
+            if !self.start_named(name).await {
+                let reason = self
+                    .board
+                    .container(name)
+                    .and_then(|c| c.last_error)
+                    .unwrap_or_default();
+                failures.push(format!("{name}: {reason}"));
+            }
+        }
+        if failures.is_empty() {
+            // Also give containers that were failed or waiting a chance on the new version.
+            let others: Vec<String> = self
+                .containers
+                .iter()
+                .filter(|c| c.plugin == plugin && c.wanted && c.instance.is_none())
+                .map(|c| c.name.clone())
+                .collect();
+            for name in &others {
+                self.start_named(name).await;
+            }
+            info!(
+                file,
+                plugin = %plugin,
+                from_generation = old.generation,
+                to_generation = new.generation,
+                "plugin reloaded"
+            );
+            drop(new);
+            self.unload_generation(old);
+            if let Some(entry) = self.files.get_mut(path) {
+                entry.seen = Some(hash);
+            }
+            self.release_library_if_unused(path, None);
+            return None;
+        }
+
+        let reason = format!(
+            "generation {} failed to start ({}); rolled back to generation {}",
+            new.generation,
+            failures.join("; "),
+            old.generation
+        );
+        warn!(file, plugin = %plugin, reason, "plugin rolled back");
+        let started: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|c| c.plugin == plugin && c.instance.is_some())
+            .map(|c| c.name.clone())
+            .collect();
+        self.stop_named(&started).await;
+        self.swap_generation(path, old.clone());
+        for name in &live {
+            self.start_named(name).await;
+        }
+        drop(old);
+        self.unload_generation(new);
+        self.refuse(
+            path,
+            "rolled_back",
+            format!("{}: {reason}", path.display()),
+            hash,
+        );
+        self.release_library_if_unused(path, None);
+        None
+    }
+
+    /// Makes `library` the file's generation in memory (the caller holds the previous one).
+    fn swap_generation(&mut self, path: &Path, library: Arc<Library>) {
+        let file = file_name(path);
+        self.board.set_plugin(loaded_status(&file, &library));
+        if let Some(entry) = self.files.get_mut(path) {
+            entry.library = Some(library);
+        }
+    }
+
+    /// Stops the named containers in reverse registration order.
+    async fn stop_named(&mut self, names: &[String]) {
+        for name in names.iter().rev() {
+            if let Some(index) = self.index_of(name) {
+                let timeout = self.containers[index].stop_timeout;
+                // A failed stop is reported in the container's status.
+                let _ = self.stop_container(index, timeout).await;
+            }
+        }
+    }
+
+    async fn start_named(&mut self, name: &str) -> bool {
+        match self.index_of(name) {
+            Some(index) => self.start_container(index).await,
+            None => false,
+        }
+    }
+
+    /// The file is gone: stop its containers, unload it, forget it.
+    async fn remove(&mut self, path: &Path) {
+        self.pending.forget(path);
+        let file = file_name(path);
+        if self.files.contains_key(path) {
+            self.set_file_state(path, FileState::Unloading);
+            self.remove_plugin_of(path).await;
+            self.files.remove(path);
+            info!(file, "plugin file removed");
+        }
+        self.board.write().plugins.retain(|p| p.file != file);
+    }
+
+    /// Stops and forgets the containers of the plugin `path` provides, and unloads it.
+    /// Configured containers stay registered, stopped, with the reason.
+    async fn remove_plugin_of(&mut self, path: &Path) {
+        let file = file_name(path);
+        let plugin = self
+            .files
+            .get(path)
+            .and_then(|f| f.plugin.clone())
+            .filter(|name| self.providers.get(name).map(PathBuf::as_path) == Some(path));
+        if let Some(plugin) = plugin {
+            let names: Vec<String> = self
+                .containers
+                .iter()
+                .filter(|c| c.plugin == plugin)
+                .map(|c| c.name.clone())
+                .collect();
+            self.stop_named(&names).await;
+            for name in &names {
+                let Some(index) = self.index_of(name) else {
+                    continue;
+                };
+                if self.containers[index].configured {
+                    let reason = format!("plugin file {file} was removed");
+                    self.set_state(name, crate::status::State::Stopped, Some(reason));
+                } else {
+                    self.deregister(index);
+                }
+            }
+            self.providers.remove(&plugin);
+            self.retry_duplicates_of(&plugin);
+        }
+        let library = self.files.get_mut(path).and_then(|f| f.library.take());
+        if let Some(library) = library {
+            self.unload_generation(library);
+        }
+        if let Some(entry) = self.files.get_mut(path) {
+            *entry = PluginFile::default();
+        }
+    }
+
+    /// Files refused because another file provided their plugin get another look.
+    fn retry_duplicates_of(&mut self, plugin: &str) {
+        let refused: Vec<String> = self
+            .board
+            .read()
+            .plugins
+            .iter()
+            .filter(|p| {
+                p.error_kind.as_deref() == Some("duplicate_plugin")
+                    && p.name.as_deref() == Some(plugin)
+            })
+            .map(|p| p.file.clone())
+            .collect();
+        let now = Instant::now();
+        for file in refused {
+            let path = self.settings.plugin_dir.join(file);
+            if let Some(entry) = self.files.get_mut(&path) {
+                entry.seen = None;
+            }
+            self.pending.touch(path, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_so_files_but_not_dotfiles_or_temp_files() {
+        assert!(is_candidate("libecho.so"));
+        assert!(!is_candidate(".libecho.so"));
+        assert!(!is_candidate("libecho.so.tmp"));
+        assert!(!is_candidate("libecho.so~"));
+        assert!(!is_candidate("README.txt"));
+        assert!(!is_candidate(".#libecho.so"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_waits_for_quiet_and_keeps_the_earliest_retry() {
+        let mut pending = Pending::default();
+        let start = Instant::now();
+        let a = PathBuf::from("/p/a.so");
+        pending.touch(a.clone(), start);
+        assert_eq!(pending.next_due(), Some(start + QUIET));
+        assert!(pending.take_due(start).is_empty());
+        // Another event pushes the look back.
+        pending.touch(a.clone(), start + Duration::from_millis(10));
+        assert!(pending.take_due(start + QUIET).is_empty());
+        assert_eq!(
+            pending.take_due(start + Duration::from_millis(30)),
+            vec![a.clone()]
+        );
+        assert_eq!(pending.next_due(), None);
+        assert_eq!(
+            pending.last_event(&a),
+            Some(start + Duration::from_millis(10))
+        );
+
+        pending.retry_at(a.clone(), start + Duration::from_secs(1));
+        pending.retry_at(a.clone(), start + Duration::from_millis(500));
+        assert_eq!(pending.next_due(), Some(start + Duration::from_millis(500)));
+        pending.forget(&a);
+        assert_eq!(pending.next_due(), None);
+        assert_eq!(pending.last_event(&a), None);
+    }
+}

@@ -7,11 +7,17 @@ mod api;
 mod chaos;
 mod config;
 mod fixtures;
+mod hotplug;
 mod run;
 mod status;
+mod trust;
 mod unload;
 
-use balut_tests::toml_str;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use balut_tests::{
+    EXIT_TIMEOUT, Host, Lib, PluginDir, Put, STATE_TIMEOUT, Signal, lib_bytes, toml_str,
+};
 
 /// A `[containers.NAME]` entry for an http-echo instance on a free loopback port.
 pub fn echo_entry(name: &str, message: &str) -> String {
@@ -61,4 +67,33 @@ pub fn tick_lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
         .map(|s| s.lines().filter(|l| l.starts_with("tick")).count())
         .unwrap_or(0)
+}
+
+/// Waits until the host has handled every folder change made before this call: drops a file
+/// it refuses at once (a whole ELF without the plugin export, so no settling), waits for its
+/// error entry, removes it and waits for the entry to go.
+pub fn barrier(host: &Host, dir: &PluginDir) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("zz-barrier-{}.so", NEXT.fetch_add(1, Ordering::Relaxed));
+    dir.put(&name, &lib_bytes(Lib::NoExport), Put::Rename);
+    host.wait_plugin(&name, "refused (barrier)", STATE_TIMEOUT, |p| {
+        p["status"] == "error"
+    });
+    dir.remove(&name);
+    host.wait_plugin_gone(&name, STATE_TIMEOUT);
+}
+
+/// SIGTERM, wait for the exit and return its code (panics if a signal ended the host).
+pub fn terminate(host: &mut Host) -> i32 {
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(EXIT_TIMEOUT);
+    status
+        .code()
+        .unwrap_or_else(|| panic!("balut died of a signal: {status}\n{}", host.logs()))
+}
+
+/// SIGTERM and expect a clean exit (code 0).
+pub fn terminate_cleanly(mut host: Host) {
+    let code = terminate(&mut host);
+    assert_eq!(code, 0, "exit code after SIGTERM\n{}", host.logs());
 }

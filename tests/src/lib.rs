@@ -9,10 +9,12 @@
 //!
 //! Timeouts in here only catch hangs: they are generous on purpose.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub use nix::sys::signal::Signal;
 
@@ -42,6 +45,7 @@ pub const PACKAGES: &[&str] = &[
     "balut-fixture-no-export",
     "balut-fixture-panic-new",
     "balut-fixture-layout-mismatch",
+    "balut-fixture-broken-start",
 ];
 
 /// A library built by [`build()`].
@@ -61,11 +65,14 @@ pub enum Lib {
     PanicNew,
     /// A plugin whose root module layout does not match the host's.
     LayoutMismatch,
+    /// A second "version" of the chaos plugin (plugin name `chaos`, version `9.9.9-broken`)
+    /// whose `start` always fails with "fixture: this version cannot start".
+    BrokenStart,
 }
 
 impl Lib {
     /// Every library, in a fixed order.
-    pub const ALL: [Lib; 7] = [
+    pub const ALL: [Lib; 8] = [
         Lib::HttpEcho,
         Lib::Ticker,
         Lib::Chaos,
@@ -73,6 +80,7 @@ impl Lib {
         Lib::NoExport,
         Lib::PanicNew,
         Lib::LayoutMismatch,
+        Lib::BrokenStart,
     ];
 
     /// The file name cargo gives the library.
@@ -85,6 +93,7 @@ impl Lib {
             Lib::NoExport => "libfixture_no_export.so",
             Lib::PanicNew => "libfixture_panic_new.so",
             Lib::LayoutMismatch => "libfixture_layout_mismatch.so",
+            Lib::BrokenStart => "libfixture_broken_start.so",
         }
     }
 }
@@ -200,6 +209,8 @@ fn run_cargo_build() -> Build {
 pub struct PluginDir {
     dir: tempfile::TempDir,
     config: Option<PathBuf>,
+    /// A folder on another file system (under /dev/shm), made on first use.
+    other_fs: OnceLock<Option<tempfile::TempDir>>,
 }
 
 impl Default for PluginDir {
@@ -215,9 +226,17 @@ impl PluginDir {
             .prefix("balut-e2e-")
             .tempdir()
             .expect("create a temp folder");
-        std::fs::create_dir(dir.path().join("plugins")).expect("create plugins/");
+        set_umask();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).expect("create plugins/");
+        // The host refuses a group- or world-writable plugin folder (strict modes).
+        set_mode(&plugins, 0o755);
         std::fs::create_dir(dir.path().join("tmp")).expect("create tmp/");
-        Self { dir, config: None }
+        Self {
+            dir,
+            config: None,
+            other_fs: OnceLock::new(),
+        }
     }
 
     /// A folder holding the given libraries under their usual file names.
@@ -255,18 +274,94 @@ impl PluginDir {
     }
 
     /// Copies any file into the plugin folder as `file_name`.
+    ///
+    /// The copy is created with mode 0755 whatever the source's mode, so the host's strict
+    /// modes never see it group- or world-writable.
     pub fn copy_file(&self, from: &Path, file_name: &str) -> PathBuf {
+        let bytes = std::fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        self.write_file(file_name, &bytes)
+    }
+
+    /// Writes `bytes` into the plugin folder as `file_name` (opening that path, created with
+    /// mode 0755 or truncated in place).
+    pub fn write_file(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
         let to = self.plugins().join(file_name);
-        std::fs::copy(from, &to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+        write_bytes(&to, bytes);
         to
     }
 
-    /// Writes `bytes` into the plugin folder as `file_name`.
-    pub fn write_file(&self, file_name: &str, bytes: &[u8]) -> PathBuf {
+    /// Puts `bytes` into the plugin folder as `file_name` the way `how` says.
+    pub fn put(&self, file_name: &str, bytes: &[u8], how: Put) -> PathBuf {
         let to = self.plugins().join(file_name);
-        std::fs::write(&to, bytes).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
+        match how {
+            Put::InPlace => write_bytes(&to, bytes),
+            Put::Cp => {
+                let staged = self.staging().join(file_name);
+                write_bytes(&staged, bytes);
+                run_command(Command::new("cp").arg(&staged).arg(&to));
+            }
+            Put::Rename => {
+                let staged = self.staging().join(file_name);
+                write_bytes(&staged, bytes);
+                rename(&staged, &to);
+            }
+            Put::TempRename => {
+                let temp = self.plugins().join(format!(".{file_name}.tmp"));
+                write_bytes(&temp, bytes);
+                rename(&temp, &to);
+            }
+            Put::MvOtherFs => {
+                let other = self.other_fs().unwrap_or_else(|| {
+                    panic!("no folder on another file system; check PluginDir::other_fs first")
+                });
+                let staged = other.join(file_name);
+                write_bytes(&staged, bytes);
+                run_command(Command::new("mv").arg(&staged).arg(&to));
+            }
+        }
         to
+    }
+
+    /// Deletes `file_name` from the plugin folder (`rm`).
+    pub fn remove(&self, file_name: &str) {
+        let path = self.plugins().join(file_name);
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("rm {}: {e}", path.display()));
+    }
+
+    /// Moves `file_name` out of the plugin folder into `moved-out/` beside it (`mv` within
+    /// one file system) and returns where it went.
+    pub fn move_out(&self, file_name: &str) -> PathBuf {
+        let out = self.dir.path().join("moved-out");
+        std::fs::create_dir_all(&out).expect("create moved-out/");
+        let to = out.join(file_name);
+        rename(&self.plugins().join(file_name), &to);
+        to
+    }
+
+    /// A folder beside the plugin folder, on the same file system, for files on their way in.
+    pub fn staging(&self) -> PathBuf {
+        let staging = self.dir.path().join("staging");
+        std::fs::create_dir_all(&staging).expect("create staging/");
+        staging
+    }
+
+    /// A private folder under /dev/shm, if /dev/shm exists and is another file system than
+    /// the plugin folder's; `None` otherwise (tests that need it skip).
+    pub fn other_fs(&self) -> Option<&Path> {
+        self.other_fs
+            .get_or_init(|| {
+                let shm = Path::new("/dev/shm");
+                let plugins_dev = std::fs::metadata(self.plugins()).ok()?.dev();
+                if std::fs::metadata(shm).ok()?.dev() == plugins_dev {
+                    return None;
+                }
+                tempfile::Builder::new()
+                    .prefix("balut-e2e-")
+                    .tempdir_in(shm)
+                    .ok()
+            })
+            .as_ref()
+            .map(tempfile::TempDir::path)
     }
 
     /// Writes `balut.toml` beside the plugin folder; [`Host::start`] passes it as `--config`.
@@ -292,6 +387,120 @@ impl PluginDir {
         }
         args
     }
+}
+
+/// How a test puts a file into the plugin folder; each makes different file-system events
+/// (see the file-events table in `../shared/notes/native-plugins.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Put {
+    /// Open the path itself (create, or truncate in place: same inode) and write.
+    InPlace,
+    /// The `cp` command, from a staging folder beside the plugin folder.
+    Cp,
+    /// Write in a staging folder beside the plugin folder, then rename into the plugin
+    /// folder (`mv` within one file system: only a rename event arrives).
+    Rename,
+    /// Write `.NAME.tmp` inside the plugin folder, then rename it over `NAME`.
+    TempRename,
+    /// Write under /dev/shm, then the `mv` command into the plugin folder (`mv` from another
+    /// file system). Only when [`PluginDir::other_fs`] is `Some`.
+    MvOtherFs,
+}
+
+impl Put {
+    /// Every way, in a fixed order.
+    pub const ALL: [Put; 5] = [
+        Put::InPlace,
+        Put::Cp,
+        Put::Rename,
+        Put::TempRename,
+        Put::MvOtherFs,
+    ];
+}
+
+/// Sets this process's umask to 022 (once), so files and folders the tests create are never
+/// group- or world-writable unless a test makes them so.
+fn set_umask() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    });
+}
+
+/// Sets the permission bits of `path` (`chmod`).
+pub fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Writes `bytes` to `path`: opens it (created with mode 0755, or truncated in place) and
+/// writes everything in one go.
+pub fn write_bytes(path: &Path, bytes: &[u8]) {
+    set_umask();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o755)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    file.write_all(bytes)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn rename(from: &Path, to: &Path) {
+    std::fs::rename(from, to)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", from.display(), to.display()));
+}
+
+fn run_command(cmd: &mut Command) {
+    let desc = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {desc}: {e}"));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The bytes of a built library (read once per process).
+pub fn lib_bytes(lib: Lib) -> Arc<Vec<u8>> {
+    static CACHE: OnceLock<Mutex<HashMap<Lib, Arc<Vec<u8>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(bytes) = cache.lock().expect("cache lock").get(&lib) {
+        return bytes.clone();
+    }
+    let path = build().lib(lib);
+    let bytes =
+        Arc::new(std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())));
+    cache.lock().expect("cache lock").insert(lib, bytes.clone());
+    bytes
+}
+
+/// "Version `n`" of a built library: its bytes with a marker appended. Bytes after the end
+/// of an ELF file do not change what it loads, only its content hash, so every `n` is a new
+/// content of the same plugin (and none equals the built file).
+pub fn versioned_bytes(lib: Lib, n: u64) -> Vec<u8> {
+    let base = lib_bytes(lib);
+    let mut bytes = Vec::with_capacity(base.len() + 64);
+    bytes.extend_from_slice(&base);
+    bytes.extend_from_slice(format!("\0balut-e2e version {n} of {lib:?}\0").as_bytes());
+    bytes
+}
+
+/// The first 12 hex digits of the SHA-256 of `bytes`, as the host reports `sha256`.
+pub fn sha12(bytes: &[u8]) -> String {
+    let hex = format!("{:x}", Sha256::digest(bytes));
+    hex[..12].to_owned()
+}
+
+/// [`sha12`] of a file's content.
+pub fn file_sha12(path: &Path) -> String {
+    sha12(&std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())))
 }
 
 /// TOML string literal for a path (basic string with escapes).
@@ -704,6 +913,99 @@ impl Host {
             .find(|p| p["file"] == file_name)
             .cloned()
             .unwrap_or_else(|| panic!("plugin file {file_name:?} is not listed: {plugins:?}"))
+    }
+
+    /// Plugin entry for `file_name` from `GET /v1/plugins`, if listed.
+    pub fn find_plugin(&self, file_name: &str) -> Option<Value> {
+        self.plugins().into_iter().find(|p| p["file"] == file_name)
+    }
+
+    /// Waits until the entry for `file_name` is listed and satisfies `pred`; returns it.
+    pub fn wait_plugin(
+        &self,
+        file_name: &str,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        self.wait_until(
+            &format!("plugin file {file_name:?} to be {what}"),
+            timeout,
+            |h| h.find_plugin(file_name).filter(|p| pred(p)),
+        )
+    }
+
+    /// Waits until the entry for `file_name` has `status` (and returns it).
+    pub fn wait_plugin_status(&self, file_name: &str, status: &str, timeout: Duration) -> Value {
+        self.wait_plugin(file_name, &format!("{status:?}"), timeout, |p| {
+            p["status"] == status
+        })
+    }
+
+    /// Waits until `file_name` is no longer listed in `GET /v1/plugins`.
+    pub fn wait_plugin_gone(&self, file_name: &str, timeout: Duration) {
+        self.wait_for(
+            &format!("plugin file {file_name:?} to leave /v1/plugins"),
+            timeout,
+            |h| h.find_plugin(file_name).is_none(),
+        );
+    }
+
+    /// The host's folder of private copies: `private_dir=` of its `balut starting` line.
+    pub fn private_dir(&self) -> PathBuf {
+        let line = self.wait_log("balut starting", STARTUP_TIMEOUT);
+        let dir = field_values(&line, "private_dir")
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no private_dir= on the `balut starting` line: {line}"));
+        PathBuf::from(dir)
+    }
+
+    /// The file names in the private folder.
+    pub fn private_copies(&self) -> BTreeSet<String> {
+        let dir = self.private_dir();
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .filter_map(|entry| entry.ok())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The file names of the private copies the host has mapped (from `/proc/<pid>/maps`,
+    /// deleted files included).
+    pub fn mapped_copies(&self) -> BTreeSet<String> {
+        let dir = self.private_dir();
+        let prefix = format!("{}/", dir.display());
+        self.maps()
+            .lines()
+            .filter_map(|line| {
+                let at = line.find(&prefix)?;
+                let path = line[at + prefix.len()..].trim_end();
+                let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+                Some(path.to_owned())
+            })
+            .collect()
+    }
+
+    /// How many log lines arrived so far: a mark for [`Host::lines_since`].
+    pub fn mark(&self) -> usize {
+        self.lines.lock().expect("log lock").len()
+    }
+
+    /// The log lines that arrived after `mark`.
+    pub fn lines_since(&self, mark: usize) -> Vec<String> {
+        self.lines().into_iter().skip(mark).collect()
+    }
+
+    /// Every address an http-echo container logged (`listening ... addr=...` with
+    /// `container=NAME`), oldest first.
+    pub fn echo_addrs(&self, container: &str) -> Vec<SocketAddr> {
+        self.lines()
+            .iter()
+            .filter(|l| l.contains("listening") && !l.contains("http api listening"))
+            .filter(|l| has_field(l, "container", container))
+            .filter_map(|l| field_values(l, "addr").first().and_then(|a| a.parse().ok()))
+            .collect()
     }
 
     /// The address an http-echo container logged (`listening ... addr=...` with

@@ -107,7 +107,7 @@ impl Supervisor {
             sha256: None,
             health: None,
         });
-        info!(container = name, plugin, "container registered");
+        info!(container = %name, plugin = %plugin, "container registered");
     }
 
     /// Forgets container `index` (it must not be live).

@@ -327,7 +327,11 @@ impl Supervisor {
         match running {
             Some(generation) => self.board.update_plugin(&file, |p| {
                 p.status = FileState::Error;
-                p.error = Some(format!("{message}; generation {generation} keeps running"));
+                p.error = Some(if kind == "rolled_back" {
+                    message
+                } else {
+                    format!("{message}; generation {generation} keeps running")
+                });
                 p.error_kind = Some(kind.to_owned());
             }),
             None => self.board.set_plugin(error_status(&file, kind, message)),
@@ -399,7 +403,7 @@ impl Supervisor {
             plugin = %name,
             version = %library.info.version,
             generation = library.generation,
-            sha256 = library.short_hash(),
+            sha256 = %library.short_hash(),
             copy = %library.copy.display(),
             "library loaded"
         );
@@ -515,17 +519,16 @@ impl Supervisor {
             .filter(|c| c.plugin == plugin && c.instance.is_some())
             .map(|c| c.name.clone())
             .collect();
-        self.stop_named(&live).await;
-
         info!(
             file,
             plugin = %plugin,
             version = %new.info.version,
             generation = new.generation,
-            sha256 = new.short_hash(),
+            sha256 = %new.short_hash(),
             copy = %new.copy.display(),
             "library loaded"
         );
+        self.stop_named(&live).await;
         self.swap_generation(path, new.clone());
         let mut failures = Vec::new();
         for name in &live {

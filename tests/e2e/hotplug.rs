@@ -400,6 +400,22 @@ fn touch_is_not_a_change() {
         (Some("loaded"), 1),
         "{entry}"
     );
+
+    // The same content again under a new inode (renamed in) is not a change either.
+    dir.put("libchaos.so", &lib_bytes(Lib::Chaos), Put::Rename);
+    barrier(&host, &dir);
+    let lines = host.lines_since(mark);
+    assert!(
+        loaded_lines(&lines, "libchaos.so").is_empty(),
+        "the same content was loaded again:\n{}",
+        lines.join("\n")
+    );
+    let chaos = host.container("chaos");
+    assert_eq!(
+        (chaos["state"].as_str(), generation(&chaos)),
+        (Some("running"), 1),
+        "{chaos}"
+    );
     terminate_cleanly(host);
 }
 
@@ -452,6 +468,69 @@ fn broken_file_is_reported_once_per_content() {
 }
 
 #[test]
+fn settle_ms_holds_back_partial_files_only() {
+    // A file that is not yet a whole ELF may still be being written: it is reported only
+    // once it stayed unchanged for settle_ms. A whole ELF that is no plugin is not waited for.
+    let mut dir = PluginDir::new();
+    dir.write_config("[host]\nsettle_ms = 2000\n");
+    let host = Host::start(&dir);
+    barrier(&host, &dir);
+    let chaos = lib_bytes(Lib::Chaos);
+    let written = Instant::now();
+    dir.put("libcut.so", &chaos[..chaos.len() / 2], Put::Rename);
+    dir.put("libnoexport.so", &lib_bytes(Lib::NoExport), Put::Rename);
+    let entry = host.wait_plugin_status("libnoexport.so", "error", STATE_TIMEOUT);
+    assert_eq!(entry["error_kind"], "missing_export", "{entry}");
+    let early = written.elapsed();
+    assert!(
+        early < Duration::from_millis(1500),
+        "a whole ELF was held back like a partial file: reported after {early:?}"
+    );
+    while written.elapsed() < Duration::from_millis(1500) {
+        let refused = refused_lines(&host.lines(), "libcut.so");
+        assert!(
+            refused.is_empty(),
+            "reported {:?} after it was written, before settle_ms: {refused:?}",
+            written.elapsed()
+        );
+        assert!(
+            host.find_plugin("libcut.so")
+                .is_none_or(|p| p["status"] != "error"),
+            "an error before settle_ms: {:?}",
+            host.find_plugin("libcut.so")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let entry = host.wait_plugin_status("libcut.so", "error", STATE_TIMEOUT);
+    assert_eq!(entry["error_kind"], "truncated", "{entry}");
+    eprintln!(
+        "[settle] truncated file reported after {:?}",
+        written.elapsed()
+    );
+    assert_eq!(refused_lines(&host.lines(), "libcut.so").len(), 1);
+    terminate_cleanly(host);
+}
+
+#[test]
+fn plugin_dir_from_the_config_is_watched_too() {
+    let mut dir = PluginDir::new();
+    // Relative to the config file's folder.
+    dir.write_config("[host]\nplugin_dir = \"plugins\"\n");
+    let config = dir.config().expect("a config").to_owned();
+    let host = Host::spawn(
+        vec!["run".into(), "--config".into(), config.into()],
+        Some(dir.tmp()),
+    );
+    barrier(&host, &dir);
+    let bytes = lib_bytes(Lib::Chaos);
+    dir.put("libchaos.so", &bytes, Put::Cp);
+    wait_running_on(&host, "chaos", &sha12(&bytes));
+    dir.remove("libchaos.so");
+    host.wait_plugin_gone("libchaos.so", STATE_TIMEOUT);
+    terminate_cleanly(host);
+}
+
+#[test]
 fn content_that_fails_to_load_keeps_the_old_generation_running() {
     let mut dir = PluginDir::with(&[Lib::Chaos]);
     dir.write_config(&chaos_entry("chaos-a", ""));
@@ -482,6 +561,49 @@ fn content_that_fails_to_load_keeps_the_old_generation_running() {
         "{entry}"
     );
     wait_single_copy(&host, "libchaos", &sha);
+    terminate_cleanly(host);
+}
+
+#[test]
+fn restoring_the_running_content_clears_the_error() {
+    // An operator puts back the version that still runs (say after a bad deploy): the file
+    // matches what is in memory again, so its entry must say "loaded", not the old error.
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(&chaos_entry("chaos-a", ""));
+    let host = Host::start(&dir);
+    let good = lib_bytes(Lib::Chaos);
+    let sha = sha12(&good);
+    wait_running_on(&host, "chaos-a", &sha);
+
+    for (bad, kind) in [
+        (not_elf(1), "not_elf"),
+        (lib_bytes(Lib::BrokenStart).to_vec(), "rolled_back"),
+    ] {
+        dir.put("libchaos.so", &bad, Put::Rename);
+        host.wait_plugin(
+            "libchaos.so",
+            &format!("an error {kind}"),
+            STATE_TIMEOUT,
+            |p| p["status"] == "error" && p["error_kind"] == kind,
+        );
+        wait_running_on(&host, "chaos-a", &sha);
+
+        dir.put("libchaos.so", &good, Put::Rename);
+        let entry = host.wait_plugin(
+            "libchaos.so",
+            &format!("loaded again after {kind} (same content as the running generation)"),
+            Duration::from_secs(5),
+            |p| p["status"] == "loaded",
+        );
+        assert!(
+            entry["error"].is_null() && entry["error_kind"].is_null(),
+            "{entry}"
+        );
+        assert_eq!(entry["sha256"], sha.as_str(), "{entry}");
+        let c = host.container("chaos-a");
+        assert_eq!(c["state"], "running", "{c}");
+        assert_eq!(c["sha256"], sha.as_str(), "{c}");
+    }
     terminate_cleanly(host);
 }
 
@@ -618,6 +740,9 @@ fn files_that_are_not_plugins_are_ignored() {
     host.wait_plugin_status("x.so", "error", STATE_TIMEOUT);
     barrier(&host, &dir);
     assert_only_chaos_and_the_folder(&host);
+    // The folder named like a plugin goes away: so does its entry.
+    std::fs::remove_dir(dir.plugins().join("x.so")).expect("rmdir x.so");
+    host.wait_plugin_gone("x.so", STATE_TIMEOUT);
     terminate_cleanly(host);
 }
 
@@ -956,9 +1081,9 @@ mod churn {
     /// A new content for `slot`; `pick` chooses among the slot's kinds, `n` is unique.
     fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content {
         match slot {
-            0 => match pick % 6 {
+            0 => match pick % 5 {
                 0 => Content::NotElf(n),
-                1 if broken_allowed => Content::BrokenStart(n),
+                1 | 2 if broken_allowed => Content::BrokenStart(n),
                 _ => Content::Good(Lib::Chaos, n),
             },
             1 => match pick % 5 {
@@ -1008,6 +1133,10 @@ mod churn {
         let container = |name: &str| containers.iter().find(|c| c["name"] == name);
 
         for p in &plugins {
+            let status = p["status"].as_str().unwrap_or_default();
+            if !["loading", "loaded", "unloaded", "error", "unloading"].contains(&status) {
+                problems.push(format!("unknown status {status:?}: {p}"));
+            }
             let file = p["file"].as_str().unwrap_or_default();
             let present = FILES
                 .iter()
@@ -1176,7 +1305,7 @@ mod churn {
                 ops.push(format!("{op}: {how:?} {file} <- {content:?}"));
                 state[slot] = Some(content);
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
         }
         // A version that cannot start has no defined end state of its own: replace it.
         if let Some(Content::BrokenStart(_)) = state[0] {

@@ -156,5 +156,16 @@ fn writable_plugin_file_is_untrusted_and_others_keep_running() {
     let (status, body) = http_get(host.echo_addr("web"), "/");
     assert_eq!(status, 200);
     assert!(body.contains("still here"), "{body:?}");
+
+    // Fixed with `chmod go-w`: now it is trusted, loads and runs.
+    set_mode(&dir.plugins().join("libchaos.so"), 0o644);
+    let chaos = host.wait_state("chaos", "running", STATE_TIMEOUT);
+    assert_eq!(
+        chaos["sha256"],
+        sha12(&lib_bytes(Lib::Chaos)).as_str(),
+        "{chaos}"
+    );
+    let entry = host.wait_plugin_status("libchaos.so", "loaded", STATE_TIMEOUT);
+    assert!(entry["error_kind"].is_null(), "{entry}");
     terminate_cleanly(host);
 }

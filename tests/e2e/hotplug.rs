@@ -911,6 +911,48 @@ fn put_by_writing_in_place() {
     deliver(Put::InPlace);
 }
 
+#[test]
+fn rename_within_the_folder_moves_the_plugin_to_its_new_name() {
+    let dir = PluginDir::with(&[Lib::Chaos]);
+    let host = Host::start(&dir);
+    let sha = sha12(&lib_bytes(Lib::Chaos));
+    wait_running_on(&host, "chaos", &sha);
+    // To a name sorting before the old one, and then to one sorting after it.
+    for (from, to) in [("libchaos.so", "a-chaos.so"), ("a-chaos.so", "z-chaos.so")] {
+        std::fs::rename(dir.plugins().join(from), dir.plugins().join(to)).expect("rename");
+        host.wait_plugin_gone(from, STATE_TIMEOUT);
+        wait_loaded(&host, to, &sha);
+        host.wait_until(&format!("chaos to run from {to}"), STATE_TIMEOUT, |h| {
+            h.find_container("chaos")
+                .filter(|c| c["state"] == "running" && c["file"] == to)
+        });
+        let plugins = host.plugins();
+        assert_eq!(plugins.len(), 1, "{plugins:?}");
+        wait_single_copy(&host, to.trim_end_matches(".so"), &sha);
+        wait_no_copy(&host, from.trim_end_matches(".so"));
+    }
+    terminate_cleanly(host);
+}
+
+#[test]
+fn fifo_named_like_a_plugin_does_not_block_the_host() {
+    let dir = PluginDir::with(&[Lib::Chaos]);
+    let host = Host::start(&dir);
+    let sha = sha12(&lib_bytes(Lib::Chaos));
+    wait_running_on(&host, "chaos", &sha);
+    let fifo = dir.plugins().join("pipe.so");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    let entry = host.wait_plugin_status("pipe.so", "error", STATE_TIMEOUT);
+    assert_eq!(entry["error_kind"], "not_a_file", "{entry}");
+    // The host still follows the folder.
+    let v1 = versioned_bytes(Lib::Chaos, 1);
+    dir.put("libchaos.so", &v1, Put::Rename);
+    wait_running_on(&host, "chaos", &sha12(&v1));
+    std::fs::remove_file(&fifo).expect("rm the fifo");
+    host.wait_plugin_gone("pipe.so", STATE_TIMEOUT);
+    terminate_cleanly(host);
+}
+
 /// Writes `bytes` to `path` (created, or truncated in place) in two halves with a 1.5 s
 /// pause between, checking every 50 ms during the pause that `during` holds.
 fn write_slowly(path: &Path, bytes: &[u8], mut during: impl FnMut()) {

@@ -512,6 +512,34 @@ fn settle_ms_holds_back_partial_files_only() {
 }
 
 #[test]
+fn partial_file_with_a_future_mtime_is_still_reported() {
+    // Copies that keep their source's timestamps (rsync -t, tar, cp -p) from a machine whose
+    // clock runs ahead arrive "modified in the future". Unchanged for settle_ms, such a
+    // partial file must be reported like any other, not waited for until that time comes.
+    let mut dir = PluginDir::new();
+    dir.write_config("[host]\nsettle_ms = 300\n");
+    let host = Host::start(&dir);
+    barrier(&host, &dir);
+    let chaos = lib_bytes(Lib::Chaos);
+    let staged = dir.staging().join("libcut.so");
+    balut_tests::write_bytes(&staged, &chaos[..chaos.len() / 2]);
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now() + Duration::from_secs(3600)))
+        .expect("set the mtime an hour ahead");
+    std::fs::rename(&staged, dir.plugins().join("libcut.so")).expect("mv into the folder");
+    let entry = host.wait_plugin(
+        "libcut.so",
+        "reported (settle_ms = 300)",
+        Duration::from_secs(10),
+        |p| p["status"] == "error",
+    );
+    assert_eq!(entry["error_kind"], "truncated", "{entry}");
+    terminate_cleanly(host);
+}
+
+#[test]
 fn plugin_dir_from_the_config_is_watched_too() {
     let mut dir = PluginDir::new();
     // Relative to the config file's folder.
@@ -1327,6 +1355,7 @@ mod churn {
             .filter(|w| *w != Put::MvOtherFs || dir.other_fs().is_some())
             .collect();
         let mut ops = Vec::new();
+        let mut slowest_answer = Duration::ZERO;
         let started = Instant::now();
         for op in 0..100 {
             let slot = usize::try_from(rng.below(8)).expect("small");
@@ -1347,6 +1376,12 @@ mod churn {
                 ops.push(format!("{op}: {how:?} {file} <- {content:?}"));
                 state[slot] = Some(content);
             }
+            if op % 10 == 9 {
+                // The API answers throughout.
+                let asked = Instant::now();
+                host.get_json("/v1/plugins");
+                slowest_answer = slowest_answer.max(asked.elapsed());
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
         // A version that cannot start has no defined end state of its own: replace it.
@@ -1363,6 +1398,7 @@ mod churn {
             ops.join("\n")
         );
         eprintln!("[churn] the folder now: {state:?}");
+        eprintln!("[churn] slowest API answer during the churn: {slowest_answer:?}");
 
         let took = converge(&host, &state, "after the churn");
         eprintln!("[churn] converged {took:?} after the last change (goal: 2 s)");

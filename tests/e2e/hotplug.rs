@@ -245,6 +245,17 @@ fn removal_stops_unloads_and_forgets(remove: impl Fn(&PluginDir, &str)) {
         |h| h.find_container("chaos").is_none(),
     );
     wait_no_copy(&host, "libchaos");
+    for (method, path) in [
+        ("GET", "/v1/containers/chaos"),
+        ("POST", "/v1/containers/chaos/start"),
+    ] {
+        let (status, body) = if method == "GET" {
+            host.get(path)
+        } else {
+            host.post(path)
+        };
+        assert_eq!(status, 404, "{method} {path}: {body}");
+    }
     // http-echo was not touched.
     let web = host.container("web");
     assert_eq!(web["state"], "running", "{web}");
@@ -267,6 +278,10 @@ fn removal_stops_unloads_and_forgets(remove: impl Fn(&PluginDir, &str)) {
         "private folder: {:?}",
         host.private_copies()
     );
+    // Asking it to start without its file fails cleanly.
+    let (status, body) = host.post("/v1/containers/web/start");
+    assert!(status < 500, "{status}: {body}");
+    assert_ne!(host.state("web"), "running");
 
     // The file comes back: its configured container runs again, with its config.
     dir.put("libhttp_echo.so", &lib_bytes(Lib::HttpEcho), Put::Cp);
@@ -292,6 +307,41 @@ fn file_moved_out_is_stopped_unloaded_and_forgotten() {
     removal_stops_unloads_and_forgets(|dir, file| {
         dir.move_out(file);
     });
+}
+
+#[test]
+fn removing_a_plugin_stuck_in_stop_does_not_hang_the_host() {
+    let mut dir = PluginDir::with(&[Lib::Chaos, Lib::HttpEcho]);
+    dir.write_config(&format!(
+        "{}{}stop_timeout_ms = 300\n",
+        echo_entry("web", "unbothered"),
+        chaos_entry("stuck", "hang_in = \"stop\"")
+    ));
+    let mut host = Host::start(&dir);
+    host.wait_state("stuck", "running", STATE_TIMEOUT);
+    host.wait_state("web", "running", STATE_TIMEOUT);
+    dir.remove("libchaos.so");
+    let stuck = host.wait_until("stuck to settle after its file went", STATE_TIMEOUT, |h| {
+        h.find_container("stuck")
+            .filter(|c| c["state"] != "running" && c["state"] != "stopping")
+    });
+    assert!(stuck["last_error"].is_string(), "{stuck}");
+    // Its library cannot be unloaded (a thread is stuck in it): the host says so.
+    host.wait_for("libchaos.so in not_unloaded", STATE_TIMEOUT, |h| {
+        h.get_json("/v1/plugins")["not_unloaded"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|u| u["file"] == "libchaos.so"))
+    });
+    // The host goes on: the other plugin serves, a new chaos file is picked up.
+    let (status, body) = http_get(host.echo_addr("web"), "/");
+    assert_eq!(status, 200, "{body}");
+    let v1 = versioned_bytes(Lib::Chaos, 1);
+    dir.put("libchaos.so", &v1, Put::Rename);
+    wait_loaded(&host, "libchaos.so", &sha12(&v1));
+    wait_running_on(&host, "stuck", &sha12(&v1));
+    host.signal(balut_tests::Signal::SIGTERM);
+    let status = host.wait_exit(balut_tests::EXIT_TIMEOUT);
+    assert!(status.code().is_some(), "killed by a signal: {status}");
 }
 
 #[test]

@@ -619,9 +619,12 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 fn balut_command() -> Command {
     let mut cmd = Command::new(&build().balut);
+    // With RUST_BACKTRACE set, a plugin's panic leaves a read-only mapping of the plugin
+    // behind after dlclose (std's symbol cache): tests that read /proc/<pid>/maps need it off.
     cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG_STYLE");
+        .env_remove("RUST_LOG_STYLE")
+        .env_remove("RUST_BACKTRACE");
     cmd
 }
 

@@ -1,4 +1,4 @@
-//! 100 changes in about a second over 8 file names, then the host must match the folder.
+//! 100 changes in about a second over 9 file names, then the host must match the folder.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ enum Content {
     NotElf(u64),
     /// A cut-off prefix of a library.
     Truncated(Lib, u64),
-    /// Version `n` of a library the host refuses whole (no export, wrong interface).
+    /// Version `n` of a library the host refuses (no export, wrong interface, a
+    /// constructor that panics).
     Refused(Lib, u64),
     /// The chaos version whose start fails (rolled back).
     BrokenStart(u64),
@@ -44,12 +45,14 @@ impl Content {
             Content::NotElf(_) => Some("not_elf"),
             Content::Truncated(..) => Some("truncated"),
             Content::Refused(Lib::WrongInterface, _) => Some("interface_mismatch"),
+            Content::Refused(Lib::PanicNew, _) => Some("constructor_panicked"),
             Content::Refused(..) => Some("missing_export"),
         }
     }
 }
 
-const FILES: [&str; 8] = [
+/// One file per plugin name (two files of one plugin would be a `duplicate_plugin` error).
+const FILES: [&str; SLOTS] = [
     "libchaos.so",
     "libhttp_echo.so",
     "libticker.so",
@@ -58,7 +61,16 @@ const FILES: [&str; 8] = [
     "junk.so",
     "libcut.so",
     "libmix.so",
+    "libpanic.so",
 ];
+
+const SLOTS: usize = 9;
+
+/// Whether the slot's plugin runs as a default instance (no config entry names it): its
+/// container goes away with its file.
+fn default_instance(slot: usize) -> bool {
+    slot == 0 || slot == 8
+}
 
 /// The containers of the good plugin a slot can hold.
 fn containers_of(slot: usize) -> &'static [&'static str] {
@@ -66,6 +78,7 @@ fn containers_of(slot: usize) -> &'static [&'static str] {
         0 => &["chaos"],
         1 => &["web"],
         2 => &["ticker"],
+        8 => &["panic-new"],
         _ => &[],
     }
 }
@@ -87,6 +100,7 @@ fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content 
         4 => Content::Refused(Lib::NoExport, n),
         5 => Content::NotElf(n),
         6 => Content::Truncated(Lib::Chaos, n),
+        8 => Content::Refused(Lib::PanicNew, n),
         _ => match pick % 3 {
             0 => Content::NotElf(n),
             1 => Content::Truncated(Lib::Ticker, n),
@@ -114,7 +128,7 @@ impl Rng {
 }
 
 /// What differs between the host's view and the folder (empty: converged).
-fn differences(host: &Host, state: &[Option<Content>; 8]) -> Vec<String> {
+fn differences(host: &Host, state: &[Option<Content>; SLOTS]) -> Vec<String> {
     let body = host.get_json("/v1/plugins");
     let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
     let containers = host.containers();
@@ -153,7 +167,7 @@ fn differences(host: &Host, state: &[Option<Content>; 8]) -> Vec<String> {
                 }
                 for name in containers_of(slot) {
                     match container(name) {
-                        Some(c) if slot == 0 => {
+                        Some(c) if default_instance(slot) => {
                             problems.push(format!(
                                 "default container of a removed file is listed: {c}"
                             ));
@@ -161,7 +175,7 @@ fn differences(host: &Host, state: &[Option<Content>; 8]) -> Vec<String> {
                         Some(c) if c["state"] == "running" || c["state"] == "starting" => {
                             problems.push(format!("container of a removed file runs: {c}"));
                         }
-                        None if slot != 0 => {
+                        None if !default_instance(slot) => {
                             problems.push(format!("configured container {name} is not listed"));
                         }
                         _ => {}
@@ -199,6 +213,10 @@ fn differences(host: &Host, state: &[Option<Content>; 8]) -> Vec<String> {
                         if p["status"] != "error" || p["error_kind"] != kind {
                             problems.push(format!("{file} should be an error {kind}: {p}"));
                         }
+                        if kind == "constructor_panicked" && !running.is_empty() {
+                            problems
+                                .push(format!("{file}: its constructor panics, yet: {running:?}"));
+                        }
                         // An older generation may keep running; then it has one copy.
                         if copies.len() != running.len().min(1) {
                             problems.push(format!(
@@ -225,7 +243,7 @@ fn differences(host: &Host, state: &[Option<Content>; 8]) -> Vec<String> {
 }
 
 /// Polls until the host matches the folder; returns how long that took.
-fn converge(host: &Host, state: &[Option<Content>; 8], what: &str) -> Duration {
+fn converge(host: &Host, state: &[Option<Content>; SLOTS], what: &str) -> Duration {
     let started = Instant::now();
     let mut last = Vec::new();
     while started.elapsed() < STATE_TIMEOUT {
@@ -261,7 +279,7 @@ fn hundred_changes_in_a_second_converge() {
         next_n += 1;
         next_n
     };
-    let mut state: [Option<Content>; 8] = [None; 8];
+    let mut state: [Option<Content>; SLOTS] = [None; SLOTS];
     for (slot, file) in FILES.iter().enumerate() {
         let content = content_for(slot, n(), 2, false);
         dir.put(file, &content.bytes(), Put::Rename);
@@ -279,7 +297,7 @@ fn hundred_changes_in_a_second_converge() {
     let mut slowest_answer = Duration::ZERO;
     let started = Instant::now();
     for op in 0..100 {
-        let slot = usize::try_from(rng.below(8)).expect("small");
+        let slot = usize::try_from(rng.below(SLOTS as u64)).expect("small");
         let file = FILES[slot];
         let how = ways[usize::try_from(rng.below(ways.len() as u64)).expect("small")];
         if state[slot].is_some() && rng.below(4) == 0 {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use abi_stable::library::{AbiHeaderRef, LibraryError};
+use abi_stable::library::AbiHeaderRef;
 use balut_plugin_api::__private::{PluginDeclaration, PluginModRef};
 use balut_plugin_api::{INTERFACE_MAJOR, INTERFACE_MINOR};
 use sha2::{Digest, Sha256};
@@ -435,35 +435,59 @@ fn open_and_check(copy: &Path) -> Result<(libloading::Library, PluginModRef), Op
         Ok(header) => header,
         Err(e) => return Err(OpenFailure::Other(e.to_string())),
     };
-    let checked = header
+    let lib_header = header
         .upgrade()
-        .and_then(|lib_header| lib_header.init_root_module::<PluginModRef>());
-    match checked {
+        .map_err(|e| OpenFailure::Other(e.to_string()))?;
+    if let Err(detail) = check_layout(lib_header) {
+        drop(handle);
+        return Err(OpenFailure::Layout(detail));
+    }
+    // SAFETY: `check_layout` just checked the plugin's root module layout against the
+    // host's; this runs abi_stable's version check and the plugin's root module constructor.
+    match unsafe { lib_header.init_root_module_with_unchecked_layout::<PluginModRef>() } {
         Ok(module) => Ok((handle, module)),
         Err(error) => {
-            // Render the error while the library (whose statics it may point into) is open.
-            let layout = matches!(error, LibraryError::AbiInstability(_));
-            let detail = if layout {
-                summarize_layout_error(&error.to_string())
-            } else {
-                error.to_string()
-            };
+            // Rendered while the library, whose statics it may point into, is still open.
+            let detail = error.to_string();
             drop(error);
-            if layout {
-                // abi_stable may have cached pointers into this library while checking it;
-                // closing it could crash a later load. Keep it mapped for good.
-                std::mem::forget(handle);
-                Err(OpenFailure::Layout(detail))
-            } else {
-                drop(handle);
-                Err(OpenFailure::Other(detail))
-            }
+            drop(handle);
+            Err(OpenFailure::Other(detail))
         }
     }
 }
 
+/// abi_stable's layout check, done so that older plugins load and every library can be
+/// closed again (measured; see docs/ARCHITECTURE.md, "Interface evolution"):
+///
+/// - The plugin's layout is the "interface" side and the host's the "implementation": a
+///   host built for interface 1.N has appended prefix fields and methods a 1.0 plugin lacks,
+///   which abi_stable accepts only in that direction (`init_root_module` checks the other
+///   way and refuses every older plugin with "too many fields").
+/// - A fresh `CheckingGlobals` per load: the process-wide one keeps `&'static` pointers into
+///   checked libraries forever, and a later check through it after dlclose crashes.
+fn check_layout(lib_header: &abi_stable::library::LibHeader) -> Result<(), String> {
+    use abi_stable::StableAbi;
+    use abi_stable::abi_stability::abi_checking::{
+        CheckingGlobals, check_layout_compatibility_with_globals,
+    };
+    let plugin = lib_header
+        .layout()
+        .ok_or_else(|| "the plugin was exported without a layout to check".to_owned())?;
+    let globals = CheckingGlobals::new();
+    let checked = check_layout_compatibility_with_globals(
+        plugin,
+        <PluginModRef as StableAbi>::LAYOUT,
+        &globals,
+    );
+    // Rendered and dropped while the library, whose statics it points into, is still open.
+    let result = checked.map_err(|e| summarize_layout_error(&e.to_string()));
+    drop(globals);
+    result
+}
+
 /// abi_stable's layout errors print both type layouts in full (dozens of lines); keep the
-/// verdict at the end ("Error:mismatched package Expected: a Found: b") on one line.
+/// verdict at the end ("Error:mismatched package Expected: a Found: b") on one line. In
+/// [`check_layout`]'s direction "expected" is the plugin's and "found" the host's.
 fn summarize_layout_error(full: &str) -> String {
     tracing::debug!(detail = full, "abi_stable layout check failed");
     let verdict = full
@@ -471,7 +495,10 @@ fn summarize_layout_error(full: &str) -> String {
         .map_or(full, |(_, verdict)| verdict);
     let words: Vec<&str> = verdict.split_whitespace().collect();
     let mut out = words.join(" ");
-    for (from, to) in [(" Expected: ", ": expected "), (" Found: ", ", found ")] {
+    for (from, to) in [
+        (" Expected: ", ": the plugin has "),
+        (" Found: ", ", the host expects "),
+    ] {
         out = out.replacen(from, to, 1);
     }
     out
@@ -486,7 +513,7 @@ mod tests {
         let full = "\nCompared <this>:\n    lots\nError:mismatched package\nExpected:\n    balut-plugin-api\nFound:\n    other\n\n";
         assert_eq!(
             summarize_layout_error(full),
-            "mismatched package: expected balut-plugin-api, found other"
+            "mismatched package: the plugin has balut-plugin-api, the host expects other"
         );
     }
 

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 use super::containers::{error_status, loaded_status};
 use super::{PluginFile, Supervisor, file_name};
 use crate::loader::{Library, LoadError, content_hash};
-use crate::status::{FileState, NotUnloaded, PluginStatus};
+use crate::status::{FileState, PluginStatus};
 use crate::trust;
 use crate::watcher::{self, FolderEvent};
 
@@ -272,7 +272,9 @@ impl Supervisor {
         }
         match entry.library.clone() {
             Some(old) if old.sha256 == hash => {
+                // The running content is back (after refused new content): clear the error.
                 entry.seen = Some(hash);
+                self.board.set_plugin(loaded_status(&file_name(path), &old));
                 None
             }
             Some(old) => self.reload(path, &bytes, hash, old, &meta).await,
@@ -303,11 +305,11 @@ impl Supervisor {
             .pending
             .last_event(path)
             .map(|at| now.duration_since(at));
-        let write_age = meta.modified().ok().map(|m| {
-            SystemTime::now()
-                .duration_since(m)
-                .unwrap_or(Duration::ZERO)
-        });
+        // A modification time in the future tells nothing; the events still do.
+        let write_age = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok());
         let age = event_age.into_iter().chain(write_age).min()?;
         let settle = self.host.settle_ms.duration();
         (age < settle).then(|| now + (settle - age))
@@ -353,16 +355,6 @@ impl Supervisor {
                 p.interface_version = Some(plugin_interface.to_string());
             }
         });
-        if let LoadError::LayoutMismatch { plugin, .. } = error {
-            self.board.write().not_unloaded.push(NotUnloaded {
-                file,
-                plugin: plugin.clone(),
-                generation: 0,
-                copy: String::new(),
-                reason: "failed abi_stable's layout check; kept mapped because abi_stable may hold pointers into it"
-                    .into(),
-            });
-        }
     }
 
     fn set_file_state(&self, path: &Path, state: FileState) {

@@ -61,7 +61,8 @@ fn refused_lines(lines: &[String], file: &str) -> Vec<String> {
 }
 
 /// The names in `copies` that are private copies of the plugin file with stem `stem`
-/// (`libchaos` for `libchaos.so`).
+/// (`libchaos` for `libchaos.so`). The host names a copy `{stem}-g{generation}-{sha12}.so`,
+/// so a copy's name also tells its content.
 fn copies_of(copies: &BTreeSet<String>, stem: &str) -> Vec<String> {
     let prefix = format!("{stem}-");
     copies

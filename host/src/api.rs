@@ -24,6 +24,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle) -> Router {
         .route("/v1/containers/{name}", get(get_container))
         .route("/v1/containers/{name}/start", post(start_container))
         .route("/v1/containers/{name}/stop", post(stop_container))
+        .route("/v1/containers/{name}/restart", post(restart_container))
         .route("/v1/plugins", get(list_plugins))
         .fallback(not_found)
         .with_state(AppState { board, supervisor })
@@ -73,4 +74,8 @@ async fn start_container(State(app): State<AppState>, Path(name): Path<String>) 
 
 async fn stop_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
     control_response(app.supervisor.stop(&name).await)
+}
+
+async fn restart_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+    control_response(app.supervisor.restart(&name).await)
 }

@@ -28,6 +28,8 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::restart::{Backoff, RestartPolicy};
+
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,6 +108,80 @@ pub struct ContainerConfig {
     pub config: toml::Table,
     pub start_timeout_ms: Option<Millis>,
     pub stop_timeout_ms: Option<Millis>,
+    /// Containers that must be ready before this one starts (and that it stops before).
+    #[serde(default)]
+    pub requires: Vec<ContainerName>,
+    /// When to start it again after it ended.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Liveness probe: failing it restarts the container (policy permitting).
+    #[serde(default)]
+    pub liveness: ProbeConfig,
+    /// Readiness probe: failing it marks the container not ready and holds back its
+    /// dependents.
+    #[serde(default)]
+    pub readiness: ProbeConfig,
+}
+
+/// `[containers.NAME.backoff]`: restart timing. Defaults as in `restart.rs`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub initial_ms: Option<Millis>,
+    pub max_ms: Option<Millis>,
+    pub jitter: Option<Fraction>,
+    pub reset_after_ms: Option<Millis>,
+    pub max_restarts: Option<u32>,
+    pub window_ms: Option<Millis>,
+    pub quarantine_retry_ms: Option<Millis>,
+}
+
+impl BackoffConfig {
+    pub fn resolve(&self) -> Backoff {
+        let d = Backoff::default();
+        let ms = |v: Option<Millis>, default| v.map_or(default, Millis::duration);
+        Backoff {
+            initial: ms(self.initial_ms, d.initial),
+            max: ms(self.max_ms, d.max),
+            jitter: self.jitter.map_or(d.jitter, |f| f.0),
+            reset_after: ms(self.reset_after_ms, d.reset_after),
+            max_restarts: self.max_restarts.unwrap_or(d.max_restarts),
+            window: ms(self.window_ms, d.window),
+            quarantine_retry: ms(self.quarantine_retry_ms, d.quarantine_retry),
+        }
+    }
+}
+
+/// `[containers.NAME.liveness]` or `.readiness`: every key optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Turn the probe off.
+    pub disabled: bool,
+    pub period_ms: Option<Millis>,
+    pub timeout_ms: Option<Millis>,
+    /// Consecutive failures that count as failed.
+    pub failure_threshold: Option<u32>,
+    /// After a start, failures within this window do not count (liveness).
+    pub grace_ms: Option<u64>,
+}
+
+/// A number from 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Fraction(pub f64);
+
+impl TryFrom<f64> for Fraction {
+    type Error = String;
+    fn try_from(value: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(format!("{value} is not between 0 and 1"))
+        }
+    }
 }
 
 /// A duration in milliseconds; must be positive.
@@ -188,7 +264,58 @@ impl Config {
 
     /// Parses config text; the error names the line, column and key.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        config.check_requires()?;
+        Ok(config)
+    }
+
+    /// Every `requires` names a declared container, and there is no cycle.
+    fn check_requires(&self) -> Result<(), String> {
+        for (name, container) in &self.containers {
+            for required in &container.requires {
+                if !self.containers.contains_key(required) {
+                    return Err(format!(
+                        "containers.{name}.requires: `{required}` is not a container declared in this file"
+                    ));
+                }
+                if required == name {
+                    return Err(format!(
+                        "containers.{name}.requires: a container cannot require itself"
+                    ));
+                }
+            }
+        }
+        // Depth-first search for a cycle, reporting its path.
+        fn visit<'a>(
+            config: &'a Config,
+            name: &'a ContainerName,
+            path: &mut Vec<&'a ContainerName>,
+            done: &mut std::collections::HashSet<&'a ContainerName>,
+        ) -> Result<(), String> {
+            if let Some(at) = path.iter().position(|n| *n == name) {
+                let cycle: Vec<&str> = path[at..]
+                    .iter()
+                    .chain([&name])
+                    .map(|n| n.as_str())
+                    .collect();
+                return Err(format!("dependency cycle: {}", cycle.join(" -> ")));
+            }
+            if done.contains(name) {
+                return Ok(());
+            }
+            path.push(name);
+            for required in &config.containers[name].requires {
+                visit(config, required, path, done)?;
+            }
+            path.pop();
+            done.insert(name);
+            Ok(())
+        }
+        let mut done = std::collections::HashSet::new();
+        for name in self.containers.keys() {
+            visit(self, name, &mut Vec::new(), &mut done)?;
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +362,51 @@ mod tests {
         let web = &config.containers[0];
         assert_eq!(web.config_json(), r#"{"port":8080,"message":"hi"}"#);
         assert_eq!(config.containers[1].start_timeout_ms, Some(Millis(100)));
+    }
+
+    #[test]
+    fn requires_must_name_declared_containers_without_cycles() {
+        let base =
+            "[containers.a]\nplugin = \"x\"\n[containers.b]\nplugin = \"x\"\nrequires = [\"a\"]\n";
+        assert!(Config::parse(base).is_ok());
+        let err = Config::parse(&format!(
+            "{base}[containers.c]\nplugin = \"x\"\nrequires = [\"nope\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("containers.c.requires") && err.contains("`nope`"),
+            "{err}"
+        );
+        let err = Config::parse(
+            "[containers.a]\nplugin = \"x\"\nrequires = [\"c\"]\n\
+             [containers.b]\nplugin = \"x\"\nrequires = [\"a\"]\n\
+             [containers.c]\nplugin = \"x\"\nrequires = [\"b\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(err, "dependency cycle: a -> c -> b -> a");
+    }
+
+    #[test]
+    fn supervision_settings_parse_and_resolve() {
+        let config = Config::parse(
+            "[containers.a]\nplugin = \"x\"\nrestart = \"always\"\n\
+             backoff = { initial_ms = 50, max_restarts = 2, jitter = 0.1 }\n\
+             liveness = { period_ms = 100, failure_threshold = 2, grace_ms = 0 }\n",
+        )
+        .unwrap();
+        let a = &config.containers[0];
+        assert_eq!(a.restart, RestartPolicy::Always);
+        let backoff = a.backoff.resolve();
+        assert_eq!(backoff.initial, Duration::from_millis(50));
+        assert_eq!(backoff.max_restarts, 2);
+        assert_eq!(backoff.max, Duration::from_secs(60));
+        assert_eq!(a.liveness.failure_threshold, Some(2));
+        let err = Config::parse("[containers.a]\nplugin = \"x\"\nbackoff = { jitter = 2.0 }\n")
+            .unwrap_err();
+        assert!(err.contains("between 0 and 1"), "{err}");
+        let err =
+            Config::parse("[containers.a]\nplugin = \"x\"\nrestart = \"sometimes\"\n").unwrap_err();
+        assert!(err.contains("sometimes"), "{err}");
     }
 
     #[test]

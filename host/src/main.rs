@@ -5,6 +5,8 @@ mod cli;
 mod client;
 mod config;
 mod loader;
+mod probes;
+mod restart;
 mod services;
 mod status;
 mod supervisor;

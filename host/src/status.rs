@@ -12,11 +12,17 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
+    /// Waiting for the containers it requires to be ready (see `last_error`).
+    Waiting,
     Starting,
     Running,
     Stopping,
     Stopped,
     Failed,
+    /// Failed; restarts at `next_retry`.
+    Backoff,
+    /// Failed too often; tried again at `next_retry`, or by a manual restart.
+    Quarantined,
 }
 
 /// Formats a time as RFC 3339 with milliseconds, in UTC.
@@ -50,7 +56,17 @@ pub struct ContainerStatus {
     pub loaded_at: Option<String>,
     /// First 12 hex digits of the library's SHA-256.
     pub sha256: Option<String>,
+    /// The last liveness probe, or null before the first.
     pub health: Option<HealthStatus>,
+    /// Running and ready (dependents may start).
+    pub ready: bool,
+    /// Restarts since the counters were last reset.
+    pub restarts: u32,
+    /// When a container in backoff or quarantine is tried again.
+    pub next_retry: Option<String>,
+    pub requires: Vec<String>,
+    /// The last ten probe results, oldest first.
+    pub probes: Vec<crate::probes::ProbeRecord>,
 }
 
 /// Load state of a plugin file.

@@ -185,7 +185,7 @@ fn fail_start_and_start_timeout() {
     let mut dir = PluginDir::with(&[Lib::HttpEcho, Lib::Chaos]);
     // The hanging start gets a short timeout of its own.
     dir.write_config(&format!(
-        "{}{}[containers.chaos-hang]\nplugin = \"chaos\"\nconfig = {{ hang_in = \"start\", hang_ms = 3000 }}\nstart_timeout_ms = 300\nstop_timeout_ms = 300\n",
+        "{}{}[containers.chaos-hang]\nplugin = \"chaos\"\nrestart = \"never\"\nconfig = {{ hang_in = \"start\", hang_ms = 3000 }}\nstart_timeout_ms = 300\nstop_timeout_ms = 300\n",
         echo_entry("http-echo", "unshaken"),
         chaos_entry("chaos-fail", "fail_start = true"),
     ));

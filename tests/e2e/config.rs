@@ -113,7 +113,7 @@ fn container_for_a_plugin_that_is_not_there() {
 fn plugin_config_the_plugin_rejects() {
     let mut dir = PluginDir::with(&[Lib::HttpEcho]);
     dir.write_config(&format!(
-        "{}[containers.picky]\nplugin = \"http-echo\"\nconfig = {{ port = 0, colour = \"red\" }}\n",
+        "{}[containers.picky]\nplugin = \"http-echo\"\nrestart = \"never\"\nconfig = {{ port = 0, colour = \"red\" }}\n",
         echo_entry("http-echo", "x")
     ));
     let mut host = Host::start(&dir);

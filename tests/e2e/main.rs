@@ -36,8 +36,12 @@ pub fn ticker_entry(name: &str, path: &std::path::Path, interval_ms: u64) -> Str
 }
 
 /// A `[containers.NAME]` entry for a chaos instance with the given inline config table body.
+/// It is never restarted, so the state a fault leaves stays visible (`supervise.rs` tests
+/// restarts).
 pub fn chaos_entry(name: &str, config: &str) -> String {
-    format!("[containers.{name}]\nplugin = \"chaos\"\nconfig = {{ {config} }}\n")
+    format!(
+        "[containers.{name}]\nplugin = \"chaos\"\nrestart = \"never\"\nconfig = {{ {config} }}\n"
+    )
 }
 
 /// Whether `s` looks like an RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS...` with an offset).

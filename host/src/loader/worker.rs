@@ -118,6 +118,7 @@ impl Worker {
         &self,
         call: &'static str,
         timeout: Duration,
+        overrun_is_stuck: bool,
         f: impl FnOnce(&mut Option<FfiContainerBox>) -> Result<R, CallError> + Send + 'static,
     ) -> Result<R, CallError> {
         if self.is_stuck() {
@@ -138,7 +139,9 @@ impl Worker {
             // The job was dropped unrun: the thread is gone.
             Ok(Err(_)) => Err(CallError::Stuck),
             Err(_) => {
-                self.stuck.store(true, Ordering::SeqCst);
+                if overrun_is_stuck {
+                    self.stuck.store(true, Ordering::SeqCst);
+                }
                 Err(CallError::Timeout { call, timeout })
             }
         }
@@ -154,7 +157,7 @@ impl Worker {
     ) -> Result<(), CallError> {
         let new_container = self.library.module().new_container();
         let name = name.to_owned();
-        self.call("the constructor", timeout, move |slot| {
+        self.call("the constructor", timeout, true, move |slot| {
             let built = convert(new_container(
                 RStr::from_str(&name),
                 RStr::from_str(&config_json),
@@ -167,7 +170,7 @@ impl Worker {
     }
 
     pub async fn start(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("start", timeout, |slot| match slot {
+        self.call("start", timeout, true, |slot| match slot {
             Some(container) => convert(container.start()),
             None => Err(CallError::NotConstructed),
         })
@@ -175,7 +178,7 @@ impl Worker {
     }
 
     pub async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("stop", timeout, |slot| match slot {
+        self.call("stop", timeout, true, |slot| match slot {
             Some(container) => convert(container.stop()),
             None => Err(CallError::NotConstructed),
         })
@@ -183,7 +186,9 @@ impl Worker {
     }
 
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
-        self.call("health", timeout, |slot| {
+        // A slow health check counts as a failed probe; the calls after it queue behind it,
+        // and a stop that then overruns marks the worker stuck.
+        self.call("health", timeout, false, |slot| {
             let began = Instant::now();
             let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
             let health = convert(container.health())?;
@@ -198,7 +203,7 @@ impl Worker {
 
     /// Drops the plugin's value (reporting a panic in its `Drop`) and the handle.
     pub async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("drop", timeout, |slot| match slot.take() {
+        self.call("drop", timeout, true, |slot| match slot.take() {
             Some(mut container) => {
                 let result = convert(container.dispose());
                 drop(container);

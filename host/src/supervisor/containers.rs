@@ -1,5 +1,6 @@
-//! Containers: registering, starting, stopping, health results, shutdown.
+//! Containers: registering, starting (in parallel), stopping, unloading, shutdown.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -7,13 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::{Command, Container, Instance, ShutdownReport, Supervisor, file_name};
+use super::{Command, Container, Hold, Instance, ShutdownReport, Supervisor, file_name};
 use crate::config::ContainerConfig;
-use crate::loader::{CallError, HealthReport, Library, Worker};
+use crate::loader::{CallError, Library, Worker};
+use crate::probes::{self, ProbeSpec};
+use crate::restart::Restarts;
 use crate::services::HostServices;
-use crate::status::{
-    ContainerStatus, FileState, HealthStatus, NotUnloaded, PluginStatus, State, rfc3339,
-};
+use crate::status::{ContainerStatus, FileState, NotUnloaded, PluginStatus, State, rfc3339};
 
 impl Supervisor {
     /// Makes sure the containers of `plugin` are registered: the config's instances of it
@@ -78,6 +79,28 @@ impl Supervisor {
 
     fn register(&mut self, name: &str, plugin: &str, config: Option<&ContainerConfig>) {
         let host = &self.host;
+        let default = ContainerConfig {
+            plugin: plugin.to_owned(),
+            config: toml::Table::new(),
+            start_timeout_ms: None,
+            stop_timeout_ms: None,
+            requires: Vec::new(),
+            restart: Default::default(),
+            backoff: Default::default(),
+            liveness: Default::default(),
+            readiness: Default::default(),
+        };
+        let spec = config.unwrap_or(&default);
+        let liveness_default = ProbeSpec {
+            period: host.health_interval_ms.duration(),
+            timeout: host.health_timeout_ms.duration(),
+            ..ProbeSpec::LIVENESS
+        };
+        let requires: Vec<String> = spec
+            .requires
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
         self.containers.push(Container {
             name: name.to_owned(),
             plugin: plugin.to_owned(),
@@ -92,6 +115,14 @@ impl Supervisor {
                 .and_then(|c| c.stop_timeout_ms)
                 .unwrap_or(host.stop_timeout_ms)
                 .duration(),
+            requires: requires.clone(),
+            policy: spec.restart,
+            backoff: spec.backoff.resolve(),
+            liveness: ProbeSpec::from_config(&spec.liveness, liveness_default),
+            readiness: ProbeSpec::from_config(&spec.readiness, ProbeSpec::READINESS),
+            restarts: Restarts::default(),
+            hold: Hold::Free,
+            ready: false,
             instance: None,
         });
         self.board.write().containers.push(ContainerStatus {
@@ -106,6 +137,11 @@ impl Supervisor {
             loaded_at: None,
             sha256: None,
             health: None,
+            ready: false,
+            restarts: 0,
+            next_retry: None,
+            requires,
+            probes: Vec::new(),
         });
         info!(container = %name, plugin = %plugin, "container registered");
     }
@@ -120,15 +156,24 @@ impl Supervisor {
         info!(container = %container.name, "container deregistered");
     }
 
-    pub(super) fn set_state(&self, name: &str, state: State, error: Option<String>) {
+    /// Records a state change; `reason` replaces `last_error` when given, and `running`
+    /// clears it. Entering `starting` resets readiness and health (on every restart).
+    pub(super) fn set_state(&self, name: &str, state: State, reason: Option<String>) {
         self.board.update_container(name, |status| {
+            if status.state != state {
+                status.since = rfc3339(SystemTime::now());
+            }
             status.state = state;
-            status.since = rfc3339(SystemTime::now());
-            if error.is_some() || state == State::Starting {
-                status.last_error = error;
+            // The last error stays visible through backoff and restarts until it runs again.
+            if reason.is_some() || state == State::Running {
+                status.last_error = reason;
+            }
+            if state != State::Running {
+                status.ready = false;
             }
             if state == State::Starting {
                 status.health = None;
+                status.next_retry = None;
             }
         });
     }
@@ -152,177 +197,167 @@ impl Supervisor {
         self.load_again(&path).await
     }
 
-    /// Constructs and starts container `index` unless it is already live. Returns whether
-    /// it is running.
+    /// Constructs and starts container `index` now (an explicit start: backoff and a
+    /// failed hold are cleared), unless it is live. Returns whether it is running.
     pub(super) async fn start_container(&mut self, index: usize) -> bool {
-        if self.containers[index].instance.is_some() {
-            return true;
-        }
+        self.containers[index].hold = Hold::Free;
         let name = self.containers[index].name.clone();
-        let plugin = self.containers[index].plugin.clone();
-        self.set_state(&name, State::Starting, None);
-        info!(container = %name, "container starting");
-        let library = match self.library_for(&plugin).await {
-            Ok(library) => library,
-            Err(message) => {
-                self.fail(&name, message);
-                return false;
-            }
-        };
-        self.board.update_container(&name, |status| {
-            status.version = Some(library.info.version.clone());
-            status.generation = Some(library.generation);
-            status.file = Some(file_name(&library.file));
-            status.loaded_at = Some(rfc3339(library.loaded_at));
-            status.sha256 = Some(library.short_hash().to_owned());
-        });
-        let worker = match Worker::spawn(&name, library.clone()) {
-            Ok(worker) => Arc::new(worker),
-            Err(e) => {
-                self.fail(&name, format!("cannot spawn its thread: {e}"));
-                return false;
-            }
-        };
-        let (config_json, start_timeout) = {
-            let c = &self.containers[index];
-            (c.config_json.clone(), c.start_timeout)
-        };
-        let mut instance = Instance {
-            worker,
-            services: HostServices::new(&name, library.generation),
-            health_task: None,
-        };
-        let constructed = instance
-            .worker
-            .construct(
-                &name,
-                config_json,
-                instance.services.to_ffi(),
-                start_timeout,
-            )
-            .await;
-        if let Err(e) = constructed {
-            let (kind, message) = match &e {
-                CallError::Panicked(m) => ("constructor_panicked", format!("constructor {m}")),
-                other => ("constructor_failed", format!("constructor failed: {other}")),
-            };
-            self.fail(&name, message.clone());
-            self.board.update_plugin(&file_name(&library.file), |p| {
-                p.error = Some(format!(
-                    "{}: container `{name}`: {message}",
-                    library.file.display()
-                ));
-                p.error_kind = Some(kind.to_owned());
-            });
-            drop(library);
-            self.teardown(index, instance, false).await;
-            return false;
-        }
-        if let Err(e) = instance.worker.start(start_timeout).await {
-            let message = if e.is_stuck() {
-                format!("stuck in start: {e}")
-            } else {
-                format!("start failed: {e}")
-            };
-            self.fail(&name, message);
-            drop(library);
-            self.teardown(index, instance, true).await;
-            return false;
-        }
-        instance.health_task =
-            Some(self.spawn_health_checks(&name, library.generation, instance.worker.clone()));
-        self.containers[index].instance = Some(instance);
-        self.set_state(&name, State::Running, None);
-        info!(container = %name, generation = library.generation, "container running");
-        true
+        self.start_many(vec![index]).await;
+        self.index_of(&name)
+            .is_some_and(|i| self.containers[i].instance.is_some())
     }
 
-    fn spawn_health_checks(
-        &self,
-        name: &str,
-        generation: u64,
-        worker: Arc<Worker>,
-    ) -> JoinHandle<()> {
-        let commands = self.commands.clone();
-        let name = name.to_owned();
-        let period = self.host.health_interval_ms.duration();
-        let timeout = self.host.health_timeout_ms.duration();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let result = worker.health(timeout).await;
-                let stop = result
-                    .as_ref()
-                    .is_err_and(|e| !matches!(e, CallError::Failed(_)));
-                let sent = commands
-                    .send(Command::Health {
-                        name: name.clone(),
-                        generation,
-                        result,
-                    })
-                    .await;
-                if sent.is_err() || stop {
-                    return;
+    /// Starts the given containers in parallel: each is constructed and started on its own
+    /// worker thread; the results are collected as they come. Containers whose requirements
+    /// are not ready are left waiting.
+    pub(super) async fn start_many(&mut self, indices: Vec<usize>) {
+        let mut jobs = tokio::task::JoinSet::new();
+        let mut prepared: HashMap<String, (Arc<Library>, Instance)> = HashMap::new();
+        for index in indices {
+            let container = &self.containers[index];
+            if container.instance.is_some() || prepared.contains_key(&container.name) {
+                continue;
+            }
+            if let Some(reason) = self.unready_requirements(index) {
+                self.set_waiting(index, reason);
+                continue;
+            }
+            let name = container.name.clone();
+            let plugin = container.plugin.clone();
+            let (config_json, timeout) = (container.config_json.clone(), container.start_timeout);
+            self.set_state(&name, State::Starting, None);
+            info!(container = %name, "container starting");
+            let library = match self.library_for(&plugin).await {
+                Ok(library) => library,
+                Err(message) => {
+                    self.fail(&name, message);
+                    self.after_failure(&name).await;
+                    continue;
                 }
-            }
-        })
+            };
+            self.board.update_container(&name, |status| {
+                status.version = Some(library.info.version.clone());
+                status.generation = Some(library.generation);
+                status.file = Some(file_name(&library.file));
+                status.loaded_at = Some(rfc3339(library.loaded_at));
+                status.sha256 = Some(library.short_hash().to_owned());
+            });
+            let worker = match Worker::spawn(&name, library.clone()) {
+                Ok(worker) => Arc::new(worker),
+                Err(e) => {
+                    self.fail(&name, format!("cannot spawn its thread: {e}"));
+                    self.after_failure(&name).await;
+                    continue;
+                }
+            };
+            self.next_instance += 1;
+            let instance = Instance {
+                id: self.next_instance,
+                worker: worker.clone(),
+                services: HostServices::new(&name, library.generation),
+                probe_task: None,
+            };
+            let host = instance.services.to_ffi();
+            let job_name = name.clone();
+            jobs.spawn(async move {
+                let outcome = match worker
+                    .construct(&job_name, config_json, host, timeout)
+                    .await
+                {
+                    Err(e) => Err((false, e)),
+                    Ok(()) => worker.start(timeout).await.map_err(|e| (true, e)),
+                };
+                drop(worker);
+                (job_name, outcome)
+            });
+            prepared.insert(name, (library, instance));
+        }
+        while let Some(joined) = jobs.join_next().await {
+            let Ok((name, outcome)) = joined else {
+                continue; // A start job cannot panic; nothing to finish if it did.
+            };
+            let Some((library, instance)) = prepared.remove(&name) else {
+                continue;
+            };
+            self.finish_start(&name, library, instance, outcome).await;
+        }
     }
 
-    pub(super) async fn on_health(
+    async fn finish_start(
         &mut self,
         name: &str,
-        generation: u64,
-        result: Result<HealthReport, CallError>,
+        library: Arc<Library>,
+        mut instance: Instance,
+        outcome: Result<(), (bool, CallError)>,
     ) {
         let Some(index) = self.index_of(name) else {
             return;
         };
-        let current = self.containers[index]
-            .instance
-            .as_ref()
-            .map(|i| i.worker.library().generation);
-        if current != Some(generation) {
-            return; // A result from an instance that is gone.
-        }
-        let now = rfc3339(SystemTime::now());
-        match result {
-            Ok(report) => {
-                if !report.healthy {
-                    warn!(container = %name, reason = %report.message, "health check failed");
-                }
-                self.board.update_container(name, |status| {
-                    status.health = Some(HealthStatus {
-                        healthy: report.healthy,
-                        message: report.message,
-                        checked_at: now,
-                        duration_ms: report.duration.as_secs_f64() * 1000.0,
-                    });
-                });
+        match outcome {
+            Ok(()) => {
+                instance.probe_task = Some(self.spawn_probes(index, &instance));
+                let generation = library.generation;
+                let container = &mut self.containers[index];
+                container.instance = Some(instance);
+                container.ready = true;
+                container.restarts.on_ready(tokio::time::Instant::now());
+                self.set_state(name, State::Running, None);
+                self.board
+                    .update_container(name, |status| status.ready = true);
+                info!(container = %name, generation, "container running");
             }
-            Err(CallError::Failed(message)) => {
-                self.board.update_container(name, |status| {
-                    status.health = Some(HealthStatus {
-                        healthy: false,
-                        message,
-                        checked_at: now,
-                        duration_ms: 0.0,
-                    });
+            Err((false, e)) => {
+                let (kind, message) = match &e {
+                    CallError::Panicked(m) => ("constructor_panicked", format!("constructor {m}")),
+                    other => ("constructor_failed", format!("constructor failed: {other}")),
+                };
+                self.fail(name, message.clone());
+                self.board.update_plugin(&file_name(&library.file), |p| {
+                    p.error = Some(format!(
+                        "{}: container `{name}`: {message}",
+                        library.file.display()
+                    ));
+                    p.error_kind = Some(kind.to_owned());
                 });
+                drop(library);
+                self.teardown(index, instance, false).await;
+                self.after_failure(name).await;
             }
-            Err(e) => {
+            Err((true, e)) => {
                 let message = if e.is_stuck() {
-                    format!("stuck in health check: {e}")
+                    format!("stuck in start: {e}")
                 } else {
-                    format!("health check {e}")
+                    format!("start failed: {e}")
                 };
                 self.fail(name, message);
-                if let Some(instance) = self.containers[index].instance.take() {
-                    self.teardown(index, instance, true).await;
-                }
+                drop(library);
+                self.teardown(index, instance, true).await;
+                self.after_failure(name).await;
             }
         }
+    }
+
+    fn spawn_probes(&self, index: usize, instance: &Instance) -> JoinHandle<()> {
+        let container = &self.containers[index];
+        let commands = self.commands.clone();
+        let name = container.name.clone();
+        let id = instance.id;
+        let report = move |report| {
+            commands
+                .try_send(Command::Probe {
+                    name: name.clone(),
+                    instance: id,
+                    report,
+                })
+                .is_ok()
+                || !commands.is_closed()
+        };
+        tokio::spawn(probes::run_on(
+            instance.worker.clone(),
+            container.liveness,
+            container.readiness,
+            report,
+        ))
     }
 
     /// Stops container `index` if it is live: stop, drop, join, unload if last.
@@ -350,7 +385,7 @@ impl Supervisor {
         }
     }
 
-    async fn teardown(&mut self, index: usize, instance: Instance, call_stop: bool) {
+    pub(super) async fn teardown(&mut self, index: usize, instance: Instance, call_stop: bool) {
         let timeout = self.containers[index].stop_timeout;
         if let Err(message) = self
             .teardown_with(index, instance, call_stop, timeout)
@@ -370,7 +405,7 @@ impl Supervisor {
         call_stop: bool,
         timeout: Duration,
     ) -> Result<(), String> {
-        if let Some(task) = instance.health_task.take() {
+        if let Some(task) = instance.probe_task.take() {
             task.abort();
             let _ = task.await;
         }
@@ -491,11 +526,13 @@ impl Supervisor {
     /// budget, then unloads every library.
     pub(super) async fn shutdown(&mut self) -> ShutdownReport {
         self.watcher = None;
+        self.shutting_down = true;
         let budget = self.host.shutdown_timeout_ms.duration();
         let deadline = Instant::now() + budget;
         info!(budget_ms = budget.as_millis() as u64, "shutting down");
         let mut report = ShutdownReport::default();
-        for index in (0..self.containers.len()).rev() {
+        let all = (0..self.containers.len()).collect();
+        for index in self.stop_order(all) {
             if self.containers[index].instance.is_none() {
                 continue;
             }

@@ -138,12 +138,20 @@ impl Supervisor {
                 "cannot watch the plugin folder; changes are picked up by periodic rescans only"
             ),
         }
+        // Load everything first, then start in dependency waves.
+        self.starting_up = true;
         for path in list_candidates(&dir)? {
             if let Some(at) = self.evaluate(&path).await {
                 self.pending.retry_at(path, at);
             }
         }
         self.register_missing();
+        self.starting_up = false;
+        self.converge().await;
+        let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
+        for path in paths {
+            self.release_library_if_unused(&path, None);
+        }
         Ok(())
     }
 
@@ -434,7 +442,11 @@ impl Supervisor {
         if !self.install(path, library, hash) {
             return None;
         }
-        for index in self.ensure_registered(&name) {
+        let indices = self.ensure_registered(&name);
+        if self.starting_up {
+            return None; // `start_all` starts everything together.
+        }
+        for index in indices {
             if self.containers[index].wanted && self.containers[index].instance.is_none() {
                 self.start_container(index).await;
             }

@@ -11,6 +11,7 @@
 
 mod containers;
 mod files;
+mod supervision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,9 +22,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, HostConfig};
-use crate::loader::{CallError, HealthReport, Library, Loader, Worker};
+use crate::loader::{Library, Loader, Worker};
+use crate::probes::{ProbeReport, ProbeSpec};
+use crate::restart::{Backoff, RestartPolicy, Restarts};
 use crate::services::HostServices;
-use crate::status::{Board, ContainerStatus, NotUnloaded};
+use crate::status::{Board, ContainerStatus, NotUnloaded, State};
 use crate::watcher::{FolderEvent, FolderWatcher};
 
 use files::Pending;
@@ -38,7 +41,7 @@ pub struct Settings {
     pub strict_modes: bool,
 }
 
-/// Errors of control requests (start, stop).
+/// Errors of control requests (start, stop, restart).
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("no container named `{0}`")]
@@ -71,10 +74,14 @@ enum Command {
         name: String,
         reply: oneshot::Sender<Result<ContainerStatus, ControlError>>,
     },
-    Health {
+    Restart {
         name: String,
-        generation: u64,
-        result: Result<HealthReport, CallError>,
+        reply: oneshot::Sender<Result<ContainerStatus, ControlError>>,
+    },
+    Probe {
+        name: String,
+        instance: u64,
+        report: ProbeReport,
     },
     Shutdown {
         reply: oneshot::Sender<ShutdownReport>,
@@ -108,6 +115,15 @@ impl SupervisorHandle {
             .unwrap_or(Err(ControlError::ShuttingDown))
     }
 
+    /// Stops the container if it runs and starts it again, clearing its restart counters
+    /// (also out of quarantine).
+    pub async fn restart(&self, name: &str) -> Result<ContainerStatus, ControlError> {
+        let name = name.to_owned();
+        self.request(|reply| Command::Restart { name, reply })
+            .await
+            .unwrap_or(Err(ControlError::ShuttingDown))
+    }
+
     /// Stops everything in reverse order and unloads every library.
     pub async fn shutdown(&self) -> ShutdownReport {
         self.request(|reply| Command::Shutdown { reply })
@@ -116,11 +132,24 @@ impl SupervisorHandle {
     }
 }
 
-/// A live instance of a container: its worker thread and its health-check task.
+/// A live instance of a container: its worker thread and its probe task.
 struct Instance {
+    /// Unique per instance, so results of an instance that is gone are told apart.
+    id: u64,
     worker: Arc<Worker>,
     services: HostServices,
-    health_task: Option<JoinHandle<()>>,
+    probe_task: Option<JoinHandle<()>>,
+}
+
+/// What keeps a container that should run from being started now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Nothing: start it as soon as what it requires is ready.
+    Free,
+    /// Backoff or quarantine: not before this time.
+    Until(tokio::time::Instant),
+    /// Failed, and its restart policy says no: only a manual start brings it back.
+    Failed,
 }
 
 /// A registered container.
@@ -134,6 +163,16 @@ struct Container {
     config_json: String,
     start_timeout: Duration,
     stop_timeout: Duration,
+    /// Names of the containers that must be ready before this one starts.
+    requires: Vec<String>,
+    policy: RestartPolicy,
+    backoff: Backoff,
+    liveness: Option<ProbeSpec>,
+    readiness: Option<ProbeSpec>,
+    restarts: Restarts,
+    hold: Hold,
+    /// Live and ready (readiness is pushed by the plugin or set by the probe).
+    ready: bool,
     instance: Option<Instance>,
 }
 
@@ -167,6 +206,10 @@ pub struct Supervisor {
     folder_sender: mpsc::UnboundedSender<FolderEvent>,
     watcher: Option<FolderWatcher>,
     pending: Pending,
+    next_instance: u64,
+    /// During the first scan: load and register, start later all together.
+    starting_up: bool,
+    shutting_down: bool,
 }
 
 fn file_name(path: &Path) -> String {
@@ -195,6 +238,9 @@ impl Supervisor {
             folder_sender,
             watcher: None,
             pending: Pending::default(),
+            next_instance: 0,
+            starting_up: false,
+            shutting_down: false,
         })
     }
 
@@ -214,7 +260,9 @@ impl Supervisor {
         let mut rescans = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         rescans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.converge().await;
             let due = self.pending.next_due();
+            let retry = self.next_retry();
             tokio::select! {
                 command = self.inbox.recv() => {
                     let Some(command) = command else { break };
@@ -226,6 +274,7 @@ impl Supervisor {
                 }
                 Some(event) = self.folder_events.recv() => self.on_folder_event(event),
                 _ = sleep_until(due), if due.is_some() => self.settle_due().await,
+                _ = sleep_until(retry), if retry.is_some() => self.release_due_holds(),
                 _ = rescans.tick() => self.rescan(false),
             }
         }
@@ -239,7 +288,18 @@ impl Supervisor {
                 let result = match self.index_of(&name) {
                     Some(index) => {
                         self.containers[index].wanted = true;
+                        self.containers[index].restarts.clear();
                         self.start_container(index).await;
+                        self.status_of(index)
+                    }
+                    None => Err(ControlError::UnknownContainer(name)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Restart { name, reply } => {
+                let result = match self.index_of(&name) {
+                    Some(index) => {
+                        self.restart_by_hand(index).await;
                         self.status_of(index)
                     }
                     None => Err(ControlError::UnknownContainer(name)),
@@ -250,21 +310,33 @@ impl Supervisor {
                 let result = match self.index_of(&name) {
                     Some(index) => {
                         self.containers[index].wanted = false;
+                        self.containers[index].hold = Hold::Free;
+                        self.stop_dependents(index, "was stopped").await;
                         // A failed stop is reported in the container's status.
                         let _ = self
                             .stop_container(index, self.containers[index].stop_timeout)
                             .await;
+                        let idle = self.containers[index].instance.is_none();
+                        let parked = self.board.container(&name).is_some_and(|s| {
+                            matches!(
+                                s.state,
+                                State::Waiting | State::Backoff | State::Quarantined
+                            )
+                        });
+                        if idle && parked {
+                            self.set_state(&name, State::Stopped, None);
+                        }
                         self.status_of(index)
                     }
                     None => Err(ControlError::UnknownContainer(name)),
                 };
                 let _ = reply.send(result);
             }
-            Command::Health {
+            Command::Probe {
                 name,
-                generation,
-                result,
-            } => self.on_health(&name, generation, result).await,
+                instance,
+                report,
+            } => self.on_probe(&name, instance, report).await,
             Command::Shutdown { reply } => return Some(reply),
         }
         None

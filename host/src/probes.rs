@@ -1,0 +1,372 @@
+//! Liveness and readiness probes of one container: when they run, how their results count.
+//!
+//! One task per live instance runs both probes, one at a time (they never overlap: the
+//! next is scheduled a period after the previous one ended). A probe slower than its
+//! timeout counts as failed; the task waits for nothing else, so a stuck plugin never
+//! blocks the host or other containers. Defaults (../shared/notes/supervision.md): liveness
+//! every 10 s, timeout 2 s, 3 failures, 60 s start-up grace; readiness every 5 s, timeout 2 s.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::ProbeConfig;
+use crate::loader::{CallError, Worker};
+
+/// Which probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Liveness,
+    Readiness,
+}
+
+/// How one probe runs and counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+    /// Failures within this time after the start do not count.
+    pub grace: Duration,
+}
+
+impl ProbeSpec {
+    pub const LIVENESS: Self = Self {
+        period: Duration::from_secs(10),
+        timeout: Duration::from_secs(2),
+        failure_threshold: 3,
+        grace: Duration::from_secs(60),
+    };
+    pub const READINESS: Self = Self {
+        period: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        failure_threshold: 1,
+        grace: Duration::ZERO,
+    };
+
+    /// The spec from config over `default`; `None` when the probe is disabled.
+    pub fn from_config(config: &ProbeConfig, default: Self) -> Option<Self> {
+        if config.disabled {
+            return None;
+        }
+        Some(Self {
+            period: config.period_ms.map_or(default.period, |m| m.duration()),
+            timeout: config.timeout_ms.map_or(default.timeout, |m| m.duration()),
+            failure_threshold: config
+                .failure_threshold
+                .unwrap_or(default.failure_threshold)
+                .max(1),
+            grace: config.grace_ms.map_or(default.grace, Duration::from_millis),
+        })
+    }
+}
+
+/// One probe's result, as the status shows the last ten.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeRecord {
+    pub probe: ProbeKind,
+    pub at: String,
+    pub ok: bool,
+    pub message: String,
+    pub duration_ms: f64,
+}
+
+/// What a result means for the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing changes.
+    Steady,
+    /// Liveness failed `failure_threshold` times in a row (or the plugin panicked): act.
+    Dead(String),
+    /// Readiness changed.
+    Ready(bool),
+}
+
+/// Consecutive-failure counting for one probe.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    kind: ProbeKind,
+    spec: ProbeSpec,
+    started: Instant,
+    failures: u32,
+    ready: Option<bool>,
+}
+
+impl Counter {
+    pub fn new(kind: ProbeKind, spec: ProbeSpec, started: Instant) -> Self {
+        Self {
+            kind,
+            spec,
+            started,
+            failures: 0,
+            ready: None,
+        }
+    }
+
+    /// Counts one result at `now`.
+    pub fn record(&mut self, ok: bool, message: &str, now: Instant) -> Verdict {
+        if ok {
+            self.failures = 0;
+        } else if now.duration_since(self.started) >= self.spec.grace {
+            self.failures += 1;
+        }
+        let failed = self.failures >= self.spec.failure_threshold;
+        match self.kind {
+            ProbeKind::Liveness if failed => Verdict::Dead(format!(
+                "liveness probe failed {} times in a row: {message}",
+                self.failures
+            )),
+            ProbeKind::Liveness => Verdict::Steady,
+            ProbeKind::Readiness => {
+                let ready = !failed;
+                if self.ready == Some(ready) || (ready && !ok) {
+                    Verdict::Steady
+                } else {
+                    self.ready = Some(ready);
+                    Verdict::Ready(ready)
+                }
+            }
+        }
+    }
+}
+
+/// One probe result with its verdict, sent to the supervisor.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub record: ProbeRecord,
+    pub verdict: Verdict,
+}
+
+/// Runs the probes of one instance, calling its worker's `health`.
+pub async fn run_on(
+    worker: Arc<Worker>,
+    liveness: Option<ProbeSpec>,
+    readiness: Option<ProbeSpec>,
+    report: impl FnMut(ProbeReport) -> bool,
+) {
+    let check = move |timeout| {
+        let worker = worker.clone();
+        async move { worker.health(timeout).await }
+    };
+    run(check, liveness, readiness, report).await;
+}
+
+/// Runs the probes until a liveness verdict ends them or the task is aborted. `check`
+/// makes one call with a timeout; `report` returns false when nobody listens any more.
+pub async fn run<F, Fut>(
+    mut check: F,
+    liveness: Option<ProbeSpec>,
+    readiness: Option<ProbeSpec>,
+    mut report: impl FnMut(ProbeReport) -> bool,
+) where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>,
+{
+    let started = Instant::now();
+    let mut probes: Vec<(Counter, Instant)> = Vec::new();
+    if let Some(spec) = liveness {
+        probes.push((
+            Counter::new(ProbeKind::Liveness, spec, started),
+            started + spec.period,
+        ));
+    }
+    if let Some(spec) = readiness {
+        probes.push((
+            Counter::new(ProbeKind::Readiness, spec, started),
+            started + spec.period,
+        ));
+    }
+    loop {
+        let Some(next) = probes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, due))| *due)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        tokio::time::sleep_until(probes[next].1).await;
+        let (counter, due) = &mut probes[next];
+        let began = Instant::now();
+        let result = check(counter.spec.timeout).await;
+        let ended = Instant::now();
+        *due = ended + counter.spec.period;
+        let (ok, message, fatal) = match result {
+            Ok(report) => (report.healthy, report.message, false),
+            Err(e @ CallError::Panicked(_)) => (false, format!("health check {e}"), true),
+            Err(e @ CallError::Timeout { .. }) => (false, format!("timed out: {e}"), false),
+            Err(e) => (false, e.to_string(), false),
+        };
+        let verdict = if fatal {
+            Verdict::Dead(message.clone())
+        } else {
+            counter.record(ok, &message, ended)
+        };
+        let dead = matches!(verdict, Verdict::Dead(_));
+        let record = ProbeRecord {
+            probe: counter.kind,
+            at: crate::status::rfc3339(SystemTime::now()),
+            ok,
+            message,
+            duration_ms: ended.duration_since(began).as_secs_f64() * 1000.0,
+        };
+        if !report(ProbeReport { record, verdict }) || dead {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_needs_threshold_failures_in_a_row_after_grace() {
+        let spec = ProbeSpec {
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            grace: Duration::from_secs(10),
+        };
+        let start = Instant::now();
+        let mut c = Counter::new(ProbeKind::Liveness, spec, start);
+        // Within the grace window failures do not count.
+        for s in 1..10 {
+            assert_eq!(
+                c.record(false, "x", start + Duration::from_secs(s)),
+                Verdict::Steady
+            );
+        }
+        let at = |s| start + Duration::from_secs(s);
+        assert_eq!(c.record(false, "x", at(10)), Verdict::Steady);
+        assert_eq!(c.record(false, "x", at(11)), Verdict::Steady);
+        // A success resets the count.
+        assert_eq!(c.record(true, "", at(12)), Verdict::Steady);
+        assert_eq!(c.record(false, "x", at(13)), Verdict::Steady);
+        assert_eq!(c.record(false, "x", at(14)), Verdict::Steady);
+        assert_eq!(
+            c.record(false, "boom", at(15)),
+            Verdict::Dead("liveness probe failed 3 times in a row: boom".into())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_reports_changes_only() {
+        let spec = ProbeSpec {
+            failure_threshold: 2,
+            ..ProbeSpec::READINESS
+        };
+        let start = Instant::now();
+        let mut c = Counter::new(ProbeKind::Readiness, spec, start);
+        assert_eq!(c.record(true, "", start), Verdict::Ready(true));
+        assert_eq!(c.record(true, "", start), Verdict::Steady);
+        assert_eq!(c.record(false, "x", start), Verdict::Steady);
+        assert_eq!(c.record(false, "x", start), Verdict::Ready(false));
+        assert_eq!(c.record(false, "x", start), Verdict::Steady);
+        assert_eq!(c.record(true, "", start), Verdict::Ready(true));
+    }
+
+    /// A fake plugin: healthy `healthy` times, then each check hangs past any timeout.
+    fn fake(
+        healthy: u32,
+    ) -> impl FnMut(
+        Duration,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>>,
+    > {
+        let mut calls = 0;
+        move |timeout| {
+            calls += 1;
+            let fine = calls <= healthy;
+            Box::pin(async move {
+                if fine {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(crate::loader::HealthReport {
+                        healthy: true,
+                        message: String::new(),
+                        duration: Duration::from_millis(5),
+                    })
+                } else {
+                    tokio::time::sleep(timeout).await;
+                    Err(CallError::Timeout {
+                        call: "health",
+                        timeout,
+                    })
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_follow_their_periods_never_overlap_and_timeouts_count_as_failures() {
+        let start = Instant::now();
+        let liveness = ProbeSpec {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            grace: Duration::ZERO,
+        };
+        let readiness = ProbeSpec {
+            period: Duration::from_secs(5),
+            ..ProbeSpec::READINESS
+        };
+        let mut seen: Vec<(ProbeKind, Duration, bool, Verdict)> = Vec::new();
+        run(fake(3), Some(liveness), Some(readiness), |r| {
+            seen.push((
+                r.record.probe,
+                Instant::now() - start,
+                r.record.ok,
+                r.verdict,
+            ));
+            true
+        })
+        .await;
+        let ms = Duration::from_millis;
+        // Times are when each probe ended; each starts only after the previous one ended.
+        let expected = vec![
+            (ProbeKind::Readiness, ms(5_005), true, Verdict::Ready(true)),
+            (ProbeKind::Liveness, ms(10_005), true, Verdict::Steady),
+            (ProbeKind::Readiness, ms(10_010), true, Verdict::Steady),
+            // From here every check times out after 2 s.
+            (
+                ProbeKind::Readiness,
+                ms(17_010),
+                false,
+                Verdict::Ready(false),
+            ),
+            (ProbeKind::Liveness, ms(22_005), false, Verdict::Steady),
+            (ProbeKind::Readiness, ms(24_010), false, Verdict::Steady),
+            (ProbeKind::Readiness, ms(31_010), false, Verdict::Steady),
+            (ProbeKind::Liveness, ms(34_005), false, Verdict::Steady),
+        ];
+        assert_eq!(&seen[..expected.len()], &expected[..], "{seen:#?}");
+        let last = seen.last().unwrap();
+        assert_eq!(last.0, ProbeKind::Liveness);
+        assert!(
+            matches!(&last.3, Verdict::Dead(m) if m.contains("3 times")),
+            "{last:?}"
+        );
+    }
+
+    #[test]
+    fn config_overrides_defaults() {
+        let config = ProbeConfig {
+            period_ms: Some(crate::config::Millis::try_from(250).unwrap()),
+            failure_threshold: Some(0),
+            ..ProbeConfig::default()
+        };
+        let spec = ProbeSpec::from_config(&config, ProbeSpec::LIVENESS).unwrap();
+        assert_eq!(spec.period, Duration::from_millis(250));
+        assert_eq!(spec.timeout, Duration::from_secs(2));
+        assert_eq!(spec.failure_threshold, 1, "a threshold of 0 means 1");
+        assert_eq!(spec.grace, Duration::from_secs(60));
+        let off = ProbeConfig {
+            disabled: true,
+            ..ProbeConfig::default()
+        };
+        assert_eq!(ProbeSpec::from_config(&off, ProbeSpec::READINESS), None);
+    }
+}

@@ -326,7 +326,7 @@ mod tests {
         .await;
         let ms = Duration::from_millis;
         // Times are when each probe ended; each starts only after the previous one ended.
-        let expected = vec![
+        let expected = [
             (ProbeKind::Readiness, ms(5_005), true, Verdict::Ready(true)),
             (ProbeKind::Liveness, ms(10_005), true, Verdict::Steady),
             (ProbeKind::Readiness, ms(10_010), true, Verdict::Steady),

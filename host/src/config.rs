@@ -109,8 +109,8 @@ pub struct ContainerConfig {
     pub start_timeout_ms: Option<Millis>,
     pub stop_timeout_ms: Option<Millis>,
     /// Containers that must be ready before this one starts (and that it stops before).
-    #[serde(default)]
-    pub requires: Vec<ContainerName>,
+    /// When absent, the plugin's default (`requires:` in its export) applies.
+    pub requires: Option<Vec<ContainerName>>,
     /// When to start it again after it ended.
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -272,7 +272,7 @@ impl Config {
     /// Every `requires` names a declared container, and there is no cycle.
     fn check_requires(&self) -> Result<(), String> {
         for (name, container) in &self.containers {
-            for required in &container.requires {
+            for required in container.requires.iter().flatten() {
                 if !self.containers.contains_key(required) {
                     return Err(format!(
                         "containers.{name}.requires: `{required}` is not a container declared in this file"
@@ -304,7 +304,7 @@ impl Config {
                 return Ok(());
             }
             path.push(name);
-            for required in &config.containers[name].requires {
+            for required in config.containers[name].requires.iter().flatten() {
                 visit(config, required, path, done)?;
             }
             path.pop();

@@ -147,9 +147,21 @@ pub async fn run_on(
     readiness: Option<ProbeSpec>,
     report: impl FnMut(ProbeReport) -> bool,
 ) {
-    let check = move |timeout| {
+    let check = move |kind, timeout| {
         let worker = worker.clone();
-        async move { worker.health(timeout).await }
+        async move {
+            match kind {
+                ProbeKind::Liveness => worker.health(timeout).await,
+                // A plugin built for interface 1.0 has no readiness check: it is ready.
+                ProbeKind::Readiness => worker.ready(timeout).await.map(|report| {
+                    report.unwrap_or(crate::loader::HealthReport {
+                        healthy: true,
+                        message: "no readiness check (interface 1.0 plugin)".into(),
+                        duration: Duration::ZERO,
+                    })
+                }),
+            }
+        }
     };
     run(check, liveness, readiness, report).await;
 }
@@ -162,7 +174,7 @@ pub async fn run<F, Fut>(
     readiness: Option<ProbeSpec>,
     mut report: impl FnMut(ProbeReport) -> bool,
 ) where
-    F: FnMut(Duration) -> Fut,
+    F: FnMut(ProbeKind, Duration) -> Fut,
     Fut: std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>,
 {
     let started = Instant::now();
@@ -191,7 +203,7 @@ pub async fn run<F, Fut>(
         tokio::time::sleep_until(probes[next].1).await;
         let (counter, due) = &mut probes[next];
         let began = Instant::now();
-        let result = check(counter.spec.timeout).await;
+        let result = check(counter.kind, counter.spec.timeout).await;
         let ended = Instant::now();
         *due = ended + counter.spec.period;
         let (ok, message, fatal) = match result {
@@ -273,12 +285,13 @@ mod tests {
     fn fake(
         healthy: u32,
     ) -> impl FnMut(
+        ProbeKind,
         Duration,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>>,
     > {
         let mut calls = 0;
-        move |timeout| {
+        move |_kind, timeout| {
             calls += 1;
             let fine = calls <= healthy;
             Box::pin(async move {

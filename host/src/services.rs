@@ -6,27 +6,77 @@
 
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use tokio::sync::mpsc::UnboundedSender;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RSlice, RStr, Tuple2};
 use balut_plugin_api::ffi::{FfiHost, FfiHost_TO, FfiHostArc, FfiLevel};
+
+/// What a container tells the host of its own accord (interface 1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Ready(bool),
+    Failed(String),
+}
+
+/// A [`Notice`] with where it comes from.
+#[derive(Debug, Clone)]
+pub struct NoticeFrom {
+    pub container: Arc<str>,
+    pub instance: u64,
+    pub notice: Notice,
+}
+
+const READINESS_UNSET: u8 = 0;
+const READINESS_READY: u8 = 1;
+const READINESS_NOT_READY: u8 = 2;
 
 /// The host's side of one container's `Context`.
 #[derive(Clone)]
 pub struct HostServices {
     container: Arc<str>,
     generation: u64,
+    instance: u64,
     stop_requested: Arc<AtomicBool>,
+    readiness: Arc<AtomicU8>,
+    notices: UnboundedSender<NoticeFrom>,
 }
 
 impl HostServices {
-    pub fn new(container: &str, generation: u64) -> Self {
+    pub fn new(
+        container: &str,
+        generation: u64,
+        instance: u64,
+        notices: UnboundedSender<NoticeFrom>,
+    ) -> Self {
         Self {
             container: container.into(),
             generation,
+            instance,
             stop_requested: Arc::default(),
+            readiness: Arc::new(AtomicU8::new(READINESS_UNSET)),
+            notices,
         }
+    }
+
+    /// What the container last reported about its readiness, if anything.
+    pub fn reported_readiness(&self) -> Option<bool> {
+        match self.readiness.load(Ordering::SeqCst) {
+            READINESS_READY => Some(true),
+            READINESS_NOT_READY => Some(false),
+            _ => None,
+        }
+    }
+
+    fn notify(&self, notice: Notice) {
+        // The receiver is gone only while the host shuts down; nothing to tell then.
+        let _ = self.notices.send(NoticeFrom {
+            container: self.container.clone(),
+            instance: self.instance,
+            notice,
+        });
     }
 
     /// Tells the plugin (through `Context::stop_requested`) that a stop is coming.
@@ -82,6 +132,20 @@ impl FfiHost for HostServices {
     fn stop_requested(&self) -> bool {
         self.stop_requested.load(Ordering::SeqCst)
     }
+
+    fn set_ready(&self, ready: bool) {
+        let value = if ready {
+            READINESS_READY
+        } else {
+            READINESS_NOT_READY
+        };
+        self.readiness.store(value, Ordering::SeqCst);
+        self.notify(Notice::Ready(ready));
+    }
+
+    fn report_failure(&self, reason: RStr<'_>) {
+        self.notify(Notice::Failed(reason.as_str().to_owned()));
+    }
 }
 
 #[cfg(test)]
@@ -103,10 +167,31 @@ mod tests {
 
     #[test]
     fn stop_flag_is_shared_with_the_ffi_handle() {
-        let services = HostServices::new("web", 1);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let services = HostServices::new("web", 1, 7, tx);
         let ffi = services.to_ffi();
         assert!(!ffi.stop_requested());
         services.request_stop();
         assert!(ffi.stop_requested());
+    }
+
+    #[test]
+    fn readiness_and_failures_become_notices() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let services = HostServices::new("web", 1, 7, tx);
+        let ffi = services.to_ffi();
+        assert_eq!(services.reported_readiness(), None);
+        ffi.set_ready(false);
+        assert_eq!(services.reported_readiness(), Some(false));
+        ffi.report_failure(RStr::from_str("disk full"));
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            (&*first.container, first.instance, first.notice),
+            ("web", 7, Notice::Ready(false))
+        );
+        assert_eq!(
+            rx.try_recv().unwrap().notice,
+            Notice::Failed("disk full".into())
+        );
     }
 }

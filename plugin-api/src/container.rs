@@ -20,8 +20,16 @@ pub trait Container: Send + 'static {
         Ok(())
     }
 
-    /// Reports whether the container is doing its job. Called periodically; keep it fast.
+    /// Reports whether the container is doing its job (the liveness probe: failing it
+    /// several times in a row gets the container restarted). Called periodically; keep it
+    /// fast.
     fn health(&self) -> Health {
+        Health::Healthy
+    }
+
+    /// Reports whether the container can take work now (the readiness probe: failing it
+    /// holds back the containers that require this one, without a restart). Interface 1.1.
+    fn ready(&self) -> Health {
         Health::Healthy
     }
 }

@@ -88,6 +88,20 @@ impl Context {
         self.log(Level::Debug, message, &[]);
     }
 
+    /// Reports the container ready (`true`) or not ready (`false`), like systemd's
+    /// `READY=1`. By default a container is ready once `start` returns; call
+    /// `set_ready(false)` in the constructor or in `start` to be ready only once you call
+    /// `set_ready(true)`. Containers that require this one start only when it is ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.host.set_ready(ready);
+    }
+
+    /// Reports that the container has failed, with the reason: the host acts at once (it
+    /// stops the container and restarts it as its restart policy says).
+    pub fn report_failure(&self, reason: &str) {
+        self.host.report_failure(RStr::from_str(reason));
+    }
+
     /// Whether the host has asked this container to stop. Long-running work started by
     /// [`Container::start`](crate::Container::start) can poll this; `stop` is called as well.
     pub fn stop_requested(&self) -> bool {

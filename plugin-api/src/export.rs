@@ -9,7 +9,7 @@ use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSome, RStr, RString};
 use serde::de::DeserializeOwned;
 
 use crate::container::{Container, Health};
@@ -28,6 +28,9 @@ use crate::ffi::{
 ///   implements `serde::Deserialize`, `T` implements [`Container`] and `E: Display`.
 ///   `Config` is built from the container's `config` table in the host's config file
 ///   (an empty table when there is none).
+/// - `requires` (optional): names of containers an instance of this plugin requires when
+///   its config does not say (`requires = [...]` in the host's config overrides it), e.g.
+///   `requires: ["db"]`.
 ///
 /// ```
 /// use balut_plugin_api::{Container, Context, Error, export_plugin};
@@ -54,12 +57,19 @@ use crate::ffi::{
 /// ```
 #[macro_export]
 macro_rules! export_plugin {
-    (name: $name:expr, version: $version:expr, constructor: $constructor:expr $(,)?) => {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        constructor: $constructor:expr
+        $(, requires: [$($required:expr),* $(,)?])?
+        $(,)?
+    ) => {
         $crate::__export_plugin_with_interface!(
             interface: ($crate::INTERFACE_MAJOR, $crate::INTERFACE_MINOR),
             name: $name,
             version: $version,
-            constructor: $constructor
+            constructor: $constructor,
+            requires: [$($($required),*)?]
         );
     };
 }
@@ -69,7 +79,13 @@ macro_rules! export_plugin {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_plugin_with_interface {
-    (interface: ($major:expr, $minor:expr), name: $name:expr, version: $version:expr, constructor: $constructor:expr) => {
+    (
+        interface: ($major:expr, $minor:expr),
+        name: $name:expr,
+        version: $version:expr,
+        constructor: $constructor:expr
+        $(, requires: [$($required:expr),* $(,)?])?
+    ) => {
         /// Read by the host from the file's bytes before it opens the library.
         #[unsafe(no_mangle)]
         pub static BALUT_PLUGIN_DECLARATION: $crate::__private::PluginDeclaration =
@@ -100,6 +116,9 @@ macro_rules! __export_plugin_with_interface {
                 > = &$crate::__private::abi_stable::prefix_type::WithMetadata::new(
                     $crate::__private::PluginMod {
                         new_container: __balut_new_container,
+                        default_requires: $crate::__private::RSlice::from_slice(&[
+                            $($($crate::__private::RStr::from_str($required)),*)?
+                        ]),
                     },
                 );
                 $crate::__private::PluginModRef(MODULE.static_as_prefix())
@@ -219,6 +238,19 @@ impl<T: Container> Guarded<T> {
     }
 }
 
+fn to_ffi(health: Health) -> FfiHealth {
+    match health {
+        Health::Healthy => FfiHealth {
+            status: FfiHealthStatus::Healthy,
+            message: RString::new(),
+        },
+        Health::Unhealthy(reason) => FfiHealth {
+            status: FfiHealthStatus::Unhealthy,
+            message: reason.into(),
+        },
+    }
+}
+
 fn failed(error: crate::Error) -> FfiError {
     FfiError::new(FfiErrorKind::Failed, error.message())
 }
@@ -233,18 +265,11 @@ impl<T: Container> FfiContainer for Guarded<T> {
     }
 
     fn health(&mut self) -> RResult<FfiHealth, FfiError> {
-        self.call(|c| {
-            Ok(match c.health() {
-                Health::Healthy => FfiHealth {
-                    status: FfiHealthStatus::Healthy,
-                    message: RString::new(),
-                },
-                Health::Unhealthy(reason) => FfiHealth {
-                    status: FfiHealthStatus::Unhealthy,
-                    message: reason.into(),
-                },
-            })
-        })
+        self.call(|c| Ok(to_ffi(c.health())))
+    }
+
+    fn ready(&mut self) -> ROption<RResult<FfiHealth, FfiError>> {
+        RSome(self.call(|c| Ok(to_ffi(c.ready()))))
     }
 
     fn dispose(&mut self) -> RResult<(), FfiError> {

@@ -30,7 +30,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RArc, RBox, RResult, RSlice, RStr, RString, Tuple2},
+    std_types::{RArc, RBox, RNone, ROption, RResult, RSlice, RStr, RString, Tuple2},
 };
 
 /// What went wrong in a call into a plugin. Frozen: new kinds are a major version.
@@ -106,6 +106,12 @@ pub trait FfiContainer: Send {
     /// returns a `Disposed` error, and dropping the handle runs no plugin code.
     #[sabi(last_prefix_field)]
     fn dispose(&mut self) -> RResult<(), FfiError>;
+
+    /// Interface 1.1: the readiness check. This default body runs in the host when the
+    /// plugin was built for 1.0 and its vtable lacks the method: `RNone`, "not supported".
+    fn ready(&mut self) -> ROption<RResult<FfiHealth, FfiError>> {
+        RNone
+    }
 }
 
 /// An owned container handle; its vtable lives in the plugin library.
@@ -127,6 +133,18 @@ pub trait FfiHost: Send + Sync + Clone {
     /// Whether the host asked this container to stop.
     #[sabi(last_prefix_field)]
     fn stop_requested(&self) -> bool;
+
+    /// Interface 1.1: the container reports itself ready or not ready. (Default bodies run
+    /// in a plugin if a host without the method ever passed it one; such hosts refuse 1.1
+    /// plugins, so they are only a formality.)
+    fn set_ready(&self, ready: bool) {
+        let _ = ready;
+    }
+
+    /// Interface 1.1: the container reports that it failed; the host acts at once.
+    fn report_failure(&self, reason: RStr<'_>) {
+        let _ = reason;
+    }
 }
 
 /// A shared host handle; its vtable lives in the host.
@@ -147,6 +165,10 @@ pub struct PluginMod {
         config_json: RStr<'_>,
         host: FfiHostArc,
     ) -> RResult<FfiContainerBox, FfiError>,
+
+    /// Interface 1.1: the containers an instance requires unless its config says otherwise.
+    /// Read with the `Option`-returning accessor: `None` from a 1.0 plugin.
+    pub default_requires: RSlice<'static, RStr<'static>>,
 }
 
 impl RootModule for PluginModRef {

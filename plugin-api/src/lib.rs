@@ -123,10 +123,14 @@ pub use context::{Context, Level};
 /// Major version of the plugin interface: bumped for any incompatible change.
 pub const INTERFACE_MAJOR: u32 = 1;
 /// Minor version of the plugin interface: bumped when items are appended.
-pub const INTERFACE_MINOR: u32 = 0;
+///
+/// - 1.0: the container (start, stop, health), logging, stop requests.
+/// - 1.1: readiness (`Container::ready`, `Context::set_ready`), `Context::report_failure`,
+///   default requirements (`requires:` in [`export_plugin!`]).
+pub const INTERFACE_MINOR: u32 = 1;
 /// The interface version as abi_stable's version strings carry it.
 #[doc(hidden)]
-pub const INTERFACE_VERSION_STRING: &str = "1.0.0";
+pub const INTERFACE_VERSION_STRING: &str = "1.1.0";
 
 /// Items the export macro and the host use. Not part of the plugin author's API.
 #[doc(hidden)]
@@ -138,7 +142,7 @@ pub mod __private {
     pub use crate::export::new_container;
     pub use crate::ffi::{FfiContainerBox, FfiError, FfiHostArc, PluginMod, PluginModRef};
     pub use abi_stable;
-    pub use abi_stable::std_types::{RResult, RStr};
+    pub use abi_stable::std_types::{RResult, RSlice, RStr};
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ pub const PACKAGES: &[&str] = &[
     "balut-fixture-panic-new",
     "balut-fixture-layout-mismatch",
     "balut-fixture-broken-start",
+    "balut-fixture-needs-db",
 ];
 
 /// A library built by [`build()`].
@@ -68,11 +69,13 @@ pub enum Lib {
     /// A second "version" of the chaos plugin (plugin name `chaos`, version `9.9.9-broken`)
     /// whose `start` always fails with "fixture: this version cannot start".
     BrokenStart,
+    /// Plugin `needs-db`, whose instances require a container named `db` by default.
+    NeedsDb,
 }
 
 impl Lib {
     /// Every library, in a fixed order.
-    pub const ALL: [Lib; 8] = [
+    pub const ALL: [Lib; 9] = [
         Lib::HttpEcho,
         Lib::Ticker,
         Lib::Chaos,
@@ -81,6 +84,7 @@ impl Lib {
         Lib::PanicNew,
         Lib::LayoutMismatch,
         Lib::BrokenStart,
+        Lib::NeedsDb,
     ];
 
     /// The file name cargo gives the library.
@@ -94,6 +98,7 @@ impl Lib {
             Lib::PanicNew => "libfixture_panic_new.so",
             Lib::LayoutMismatch => "libfixture_layout_mismatch.so",
             Lib::BrokenStart => "libfixture_broken_start.so",
+            Lib::NeedsDb => "libfixture_needs_db.so",
         }
     }
 }
@@ -202,6 +207,35 @@ fn run_cargo_build() -> Build {
         libs.insert(lib, path.clone());
     }
     Build { root, balut, libs }
+}
+
+/// `libfixture_old_timer.so`: a plugin built against the frozen interface 1.0 API in
+/// `tests/fixtures/old-api` (its own workspace, built once per test process into
+/// `target/old-api`).
+pub fn old_api_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = &build().root;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("old-api");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+        let output = Command::new(&cargo)
+            .current_dir(root.join("tests/fixtures/old-api"))
+            .args(["build", "--target-dir"])
+            .arg(&target)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+        if !output.status.success() {
+            panic!(
+                "building tests/fixtures/old-api failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        target.join("debug").join("libfixture_old_timer.so")
+    })
 }
 
 /// A throwaway folder: `plugins/` (the plugin folder), `balut.toml` (config, when written),

@@ -194,6 +194,8 @@ pub struct Library {
     /// Hex SHA-256 of the file's content.
     pub sha256: String,
     pub loaded_at: SystemTime,
+    /// Containers an instance requires unless its config says otherwise (interface 1.1).
+    pub default_requires: Vec<String>,
     module: PluginModRef,
     handle: Mutex<Option<libloading::Library>>,
 }
@@ -341,6 +343,11 @@ impl Loader {
                 generation,
                 sha256,
                 loaded_at: SystemTime::now(),
+                // `None` from a plugin built for interface 1.0.
+                default_requires: module
+                    .default_requires()
+                    .map(|names| names.iter().map(|n| n.as_str().to_owned()).collect())
+                    .unwrap_or_default(),
                 module,
                 handle: Mutex::new(Some(handle)),
             })),

@@ -201,6 +201,24 @@ impl Worker {
         .await
     }
 
+    /// The readiness check; `None` when the plugin (built for interface 1.0) has none.
+    pub async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
+        self.call("ready", timeout, false, |slot| {
+            let began = Instant::now();
+            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+            let Some(result) = container.ready().into_option() else {
+                return Ok(None);
+            };
+            let health = convert(result)?;
+            Ok(Some(HealthReport {
+                healthy: health.status == FfiHealthStatus::Healthy,
+                message: health.message.into_string(),
+                duration: began.elapsed(),
+            }))
+        })
+        .await
+    }
+
     /// Drops the plugin's value (reporting a panic in its `Drop`) and the handle.
     pub async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
         self.call("drop", timeout, true, |slot| match slot.take() {

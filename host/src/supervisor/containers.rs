@@ -78,13 +78,12 @@ impl Supervisor {
     }
 
     fn register(&mut self, name: &str, plugin: &str, config: Option<&ContainerConfig>) {
-        let host = &self.host;
         let default = ContainerConfig {
             plugin: plugin.to_owned(),
             config: toml::Table::new(),
             start_timeout_ms: None,
             stop_timeout_ms: None,
-            requires: Vec::new(),
+            requires: None,
             restart: Default::default(),
             backoff: Default::default(),
             liveness: Default::default(),
@@ -92,15 +91,22 @@ impl Supervisor {
         };
         let spec = config.unwrap_or(&default);
         let liveness_default = ProbeSpec {
-            period: host.health_interval_ms.duration(),
-            timeout: host.health_timeout_ms.duration(),
+            period: self.host.health_interval_ms.duration(),
+            timeout: self.host.health_timeout_ms.duration(),
             ..ProbeSpec::LIVENESS
         };
-        let requires: Vec<String> = spec
-            .requires
-            .iter()
-            .map(|n| n.as_str().to_owned())
-            .collect();
+        // The config's list, else the plugin's default (interface 1.1).
+        let requires: Vec<String> = match &spec.requires {
+            Some(names) => names.iter().map(|n| n.as_str().to_owned()).collect(),
+            None => self
+                .providers
+                .get(plugin)
+                .and_then(|path| self.files.get(path))
+                .and_then(|file| file.library.as_ref())
+                .map(|library| library.default_requires.clone())
+                .unwrap_or_default(),
+        };
+        let host = &self.host;
         self.containers.push(Container {
             name: name.to_owned(),
             plugin: plugin.to_owned(),
@@ -254,7 +260,12 @@ impl Supervisor {
             let instance = Instance {
                 id: self.next_instance,
                 worker: worker.clone(),
-                services: HostServices::new(&name, library.generation),
+                services: HostServices::new(
+                    &name,
+                    library.generation,
+                    self.next_instance,
+                    self.notice_sender.clone(),
+                ),
                 probe_task: None,
             };
             let host = instance.services.to_ffi();
@@ -297,14 +308,18 @@ impl Supervisor {
             Ok(()) => {
                 instance.probe_task = Some(self.spawn_probes(index, &instance));
                 let generation = library.generation;
+                // Ready now, unless it said in its constructor or start that it will tell.
+                let ready = instance.services.reported_readiness() != Some(false);
                 let container = &mut self.containers[index];
                 container.instance = Some(instance);
-                container.ready = true;
-                container.restarts.on_ready(tokio::time::Instant::now());
+                container.ready = ready;
+                if ready {
+                    container.restarts.on_ready(tokio::time::Instant::now());
+                }
                 self.set_state(name, State::Running, None);
                 self.board
-                    .update_container(name, |status| status.ready = true);
-                info!(container = %name, generation, "container running");
+                    .update_container(name, |status| status.ready = ready);
+                info!(container = %name, generation, ready, "container running");
             }
             Err((false, e)) => {
                 let (kind, message) = match &e {

@@ -25,7 +25,7 @@ use crate::config::{Config, HostConfig};
 use crate::loader::{Library, Loader, Worker};
 use crate::probes::{ProbeReport, ProbeSpec};
 use crate::restart::{Backoff, RestartPolicy, Restarts};
-use crate::services::HostServices;
+use crate::services::{HostServices, NoticeFrom};
 use crate::status::{Board, ContainerStatus, NotUnloaded, State};
 use crate::watcher::{FolderEvent, FolderWatcher};
 
@@ -206,6 +206,8 @@ pub struct Supervisor {
     folder_sender: mpsc::UnboundedSender<FolderEvent>,
     watcher: Option<FolderWatcher>,
     pending: Pending,
+    notices: mpsc::UnboundedReceiver<NoticeFrom>,
+    notice_sender: mpsc::UnboundedSender<NoticeFrom>,
     next_instance: u64,
     /// During the first scan: load and register, start later all together.
     starting_up: bool,
@@ -224,6 +226,7 @@ impl Supervisor {
         let loader = Loader::new(host.copy_dir.as_deref(), host.load_timeout_ms.duration())?;
         let (commands, inbox) = mpsc::channel(256);
         let (folder_sender, folder_events) = mpsc::unbounded_channel();
+        let (notice_sender, notices) = mpsc::unbounded_channel();
         Ok(Self {
             settings,
             host,
@@ -238,6 +241,8 @@ impl Supervisor {
             folder_sender,
             watcher: None,
             pending: Pending::default(),
+            notices,
+            notice_sender,
             next_instance: 0,
             starting_up: false,
             shutting_down: false,
@@ -273,6 +278,7 @@ impl Supervisor {
                     }
                 }
                 Some(event) = self.folder_events.recv() => self.on_folder_event(event),
+                Some(notice) = self.notices.recv() => self.on_notice(notice).await,
                 _ = sleep_until(due), if due.is_some() => self.settle_due().await,
                 _ = sleep_until(retry), if retry.is_some() => self.release_due_holds(),
                 _ = rescans.tick() => self.rescan(false),

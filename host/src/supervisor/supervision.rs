@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::{Hold, Supervisor};
 use crate::probes::{ProbeKind, ProbeReport, Verdict};
 use crate::restart::Decision;
+use crate::services::{Notice, NoticeFrom};
 use crate::status::{HealthStatus, State, rfc3339};
 
 /// How many probe results the status keeps per container.
@@ -290,6 +291,28 @@ impl Supervisor {
                     self.teardown(index, instance, true).await;
                 }
                 self.after_failure(name).await;
+            }
+        }
+    }
+
+    /// What a container reported of its own accord.
+    pub(super) async fn on_notice(&mut self, notice: NoticeFrom) {
+        let name = notice.container.to_string();
+        let Some(index) = self.index_of(&name) else {
+            return;
+        };
+        let current = self.containers[index].instance.as_ref().map(|i| i.id);
+        if current != Some(notice.instance) {
+            return; // From an instance that is gone, or one still starting.
+        }
+        match notice.notice {
+            Notice::Ready(ready) => self.set_ready(index, ready),
+            Notice::Failed(reason) => {
+                self.fail(&name, format!("reported failure: {reason}"));
+                if let Some(instance) = self.containers[index].instance.take() {
+                    self.teardown(index, instance, true).await;
+                }
+                self.after_failure(&name).await;
             }
         }
     }

@@ -11,11 +11,17 @@
 //! - `fail_start`: `start` returns an error.
 //! - `fail_health_after`: `health` is unhealthy after that many checks.
 //! - `start_delay_ms`: `start` takes this long.
+//! - `ready_after_ms`: reports itself not ready in `start`, then ready after this long
+//!   (`Context::set_ready`).
+//! - `fail_ready_after`: the readiness check fails after that many checks.
+//! - `report_failure_after_ms`: reports a failure this long after `start`
+//!   (`Context::report_failure`).
 
 #![forbid(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use balut_plugin_api::{Container, Context, Error, Health, Level, export_plugin};
@@ -30,6 +36,9 @@ struct Config {
     fail_start: bool,
     fail_health_after: Option<u32>,
     start_delay_ms: Option<u64>,
+    ready_after_ms: Option<u64>,
+    fail_ready_after: Option<u32>,
+    report_failure_after_ms: Option<u64>,
 }
 
 /// A call into the container where a fault can be injected.
@@ -80,6 +89,9 @@ struct Chaos {
     ctx: Context,
     config: Config,
     health_checks: AtomicU32,
+    ready_checks: AtomicU32,
+    /// The thread that reports readiness or a failure later, and how to wake it.
+    reporter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Chaos {
@@ -94,6 +106,8 @@ impl Chaos {
             ctx,
             config,
             health_checks: AtomicU32::new(0),
+            ready_checks: AtomicU32::new(0),
+            reporter: None,
         })
     }
 }
@@ -109,14 +123,36 @@ impl Container for Chaos {
         if self.config.fail_start {
             return Err(Error::msg("chaos: start failed as configured"));
         }
+        if self.config.ready_after_ms.is_some() {
+            self.ctx.set_ready(false);
+        }
+        if self.config.ready_after_ms.is_some() || self.config.report_failure_after_ms.is_some() {
+            self.reporter = Some(spawn_reporter(&self.ctx, &self.config));
+        }
         self.ctx.info("started, idling");
         Ok(())
     }
 
     fn stop(&mut self) -> Result<(), Error> {
         inject(&self.ctx, &self.config, Call::Stop);
+        if let Some((wake, reporter)) = self.reporter.take() {
+            drop(wake);
+            reporter
+                .join()
+                .map_err(|_| Error::msg("chaos: reporter thread panicked"))?;
+        }
         self.ctx.info("stopped");
         Ok(())
+    }
+
+    fn ready(&self) -> Health {
+        let check = self.ready_checks.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.config.fail_ready_after {
+            Some(limit) if check > limit => Health::unhealthy(format!(
+                "chaos: not ready after {limit} checks as configured"
+            )),
+            _ => Health::Healthy,
+        }
     }
 
     fn health(&self) -> Health {
@@ -136,6 +172,32 @@ impl Drop for Chaos {
             inject(&self.ctx, &self.config, Call::Drop);
         }
     }
+}
+
+/// Reports readiness and/or a failure at the configured times, until `stop` hangs up.
+fn spawn_reporter(ctx: &Context, config: &Config) -> (mpsc::Sender<()>, JoinHandle<()>) {
+    let (wake, hung_up) = mpsc::channel::<()>();
+    let ctx = ctx.clone();
+    let mut events: Vec<(u64, bool)> = Vec::new(); // (ms after start, is_failure)
+    events.extend(config.ready_after_ms.map(|ms| (ms, false)));
+    events.extend(config.report_failure_after_ms.map(|ms| (ms, true)));
+    events.sort();
+    let reporter = thread::spawn(move || {
+        let started = Instant::now();
+        for (ms, failure) in events {
+            let left = Duration::from_millis(ms).saturating_sub(started.elapsed());
+            if hung_up.recv_timeout(left) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return; // `stop` hung up.
+            }
+            if failure {
+                ctx.report_failure("chaos: failure reported as configured");
+            } else {
+                ctx.info("ready now");
+                ctx.set_ready(true);
+            }
+        }
+    });
+    (wake, reporter)
 }
 
 /// Hangs and/or panics if the config asks for it in `call`.

@@ -1,0 +1,168 @@
+//! Interface evolution: a plugin built against the frozen interface 1.0 API
+//! (`tests/fixtures/old-api`) loads, runs, stops and unloads in this host (1.1), beside
+//! 1.1 plugins; and the 1.1 additions (readiness, reported failures, default requirements)
+//! work end to end.
+
+use std::time::{Duration, Instant};
+
+use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, old_api_plugin};
+
+/// The lines of /proc/<pid>/maps that map a private copy of `stem`.
+fn mapped(host: &Host, stem: &str) -> usize {
+    let needle = format!("{stem}-g");
+    host.maps().lines().filter(|l| l.contains(&needle)).count()
+}
+
+#[test]
+fn a_plugin_built_for_interface_1_0_loads_runs_and_unloads_again_and_again() {
+    let dir = PluginDir::with(&[Lib::Chaos]);
+    dir.copy_file(old_api_plugin(), "libold_timer.so");
+    let mut host = Host::start(&dir);
+    host.wait_state("old-timer", "running", STATE_TIMEOUT);
+    host.wait_state("chaos", "running", STATE_TIMEOUT);
+
+    let old = host.plugin("libold_timer.so");
+    assert_eq!(old["status"], "loaded", "{old}");
+    assert_eq!(old["interface_version"], "1.0", "{old}");
+    assert_eq!(host.plugin("libchaos.so")["interface_version"], "1.1");
+    host.wait_log("old timer started on interface 1.0", STATE_TIMEOUT);
+    assert_eq!(host.container("old-timer")["ready"], true);
+
+    for cycle in 1..=5u64 {
+        let (status, body) = host.post("/v1/containers/old-timer/stop");
+        assert_eq!(status, 200, "{body}");
+        host.wait_state("old-timer", "stopped", STATE_TIMEOUT);
+        host.wait_for("the 1.0 library to be unmapped", STATE_TIMEOUT, |h| {
+            mapped(h, "libold_timer") == 0
+        });
+        let (status, body) = host.post("/v1/containers/old-timer/start");
+        assert_eq!(status, 200, "{body}");
+        let c = host.wait_state("old-timer", "running", STATE_TIMEOUT);
+        assert_eq!(c["generation"], cycle + 1, "{c}");
+    }
+    let unloads = host
+        .lines()
+        .iter()
+        .filter(|l| {
+            l.contains("library unloaded")
+                && l.contains("libold_timer")
+                && l.contains("mapped=false")
+        })
+        .count();
+    assert_eq!(unloads, 5, "{}", host.logs());
+    assert_eq!(host.container("chaos")["state"], "running");
+
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", host.logs());
+    assert!(
+        host.logs().contains("old timer stopped"),
+        "the 1.0 plugin's stop ran"
+    );
+}
+
+#[test]
+fn readiness_reported_by_the_plugin_holds_back_its_dependents() {
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(
+        "[containers.slow]\nplugin = \"chaos\"\nconfig = { ready_after_ms = 1500 }\n\
+         [containers.app]\nplugin = \"chaos\"\nrequires = [\"slow\"]\n",
+    );
+    let began = Instant::now();
+    let mut host = Host::start(&dir);
+    let slow = host.wait_state("slow", "running", STATE_TIMEOUT);
+    assert_eq!(slow["ready"], false, "it said it is not ready yet: {slow}");
+    let app = host.wait_state("app", "waiting", STATE_TIMEOUT);
+    assert!(
+        app["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for slow"),
+        "{app}"
+    );
+    host.wait_state("app", "running", STATE_TIMEOUT);
+    assert!(
+        began.elapsed() >= Duration::from_millis(1500),
+        "app started before slow reported ready"
+    );
+    assert_eq!(host.container("slow")["ready"], true);
+    host.signal(Signal::SIGTERM);
+    assert_eq!(host.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
+
+#[test]
+fn a_reported_failure_acts_at_once() {
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(
+        "[containers.flaky]\nplugin = \"chaos\"\nrestart = \"never\"\n\
+         config = { report_failure_after_ms = 300 }\n",
+    );
+    let mut host = Host::start(&dir);
+    host.wait_state("flaky", "running", STATE_TIMEOUT);
+    let failed = host.wait_state("flaky", "failed", STATE_TIMEOUT);
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("chaos: failure reported as configured"),
+        "{failed}"
+    );
+    host.signal(Signal::SIGTERM);
+    host.wait_exit(EXIT_TIMEOUT);
+}
+
+#[test]
+fn a_failing_readiness_check_marks_not_ready_without_a_restart() {
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(
+        "[containers.shy]\nplugin = \"chaos\"\nconfig = { fail_ready_after = 2 }\n\
+         readiness = { period_ms = 100 }\n",
+    );
+    let mut host = Host::start(&dir);
+    host.wait_state("shy", "running", STATE_TIMEOUT);
+    host.wait_for("shy to become not ready", STATE_TIMEOUT, |h| {
+        h.container("shy")["ready"] == false
+    });
+    let shy = host.container("shy");
+    assert_eq!(shy["state"], "running", "{shy}");
+    assert_eq!(shy["restarts"], 0, "{shy}");
+    let probes = shy["probes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        probes
+            .iter()
+            .any(|p| p["probe"] == "readiness" && p["ok"] == false),
+        "{shy}"
+    );
+    host.signal(Signal::SIGTERM);
+    assert_eq!(host.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
+
+#[test]
+fn a_plugin_default_requirement_applies_unless_the_config_overrides_it() {
+    let mut dir = PluginDir::with(&[Lib::Chaos, Lib::NeedsDb]);
+    // `db` comes up late; the default instance of needs-db waits for it.
+    dir.write_config("[containers.db]\nplugin = \"chaos\"\nconfig = { start_delay_ms = 800 }\n");
+    let mut host = Host::start(&dir);
+    let needs = host.wait_state("needs-db", "running", STATE_TIMEOUT);
+    assert_eq!(needs["requires"], serde_json::json!(["db"]), "{needs}");
+    let lines = host.lines();
+    let at = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains("container running") && l.contains(what))
+    };
+    assert!(
+        at("container=db") < at("container=needs-db"),
+        "{}",
+        host.logs()
+    );
+    host.signal(Signal::SIGTERM);
+    assert_eq!(host.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+
+    // An instance whose config sets `requires = []` does not wait.
+    let mut dir = PluginDir::with(&[Lib::NeedsDb]);
+    dir.write_config("[containers.alone]\nplugin = \"needs-db\"\nrequires = []\n");
+    let mut host = Host::start(&dir);
+    let alone = host.wait_state("alone", "running", STATE_TIMEOUT);
+    assert_eq!(alone["requires"], serde_json::json!([]), "{alone}");
+    host.signal(Signal::SIGTERM);
+    assert_eq!(host.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}

@@ -100,6 +100,19 @@
 //! - Log through [`Context`]: a plugin has its own copy of `tracing`, so `tracing::info!`
 //!   inside a plugin goes nowhere.
 //!
+//! # Health, readiness and failures
+//! - [`Container::health`] is the liveness check: failing it several times in a row gets
+//!   the container restarted (as the host's restart policy for it says).
+//! - [`Container::ready`] is the readiness check: failing it marks the container not ready,
+//!   which holds back the containers that require it, without a restart.
+//! - A container is ready once `start` returns, unless it calls
+//!   [`Context::set_ready`]`(false)` in its constructor or `start`; then it is ready when it
+//!   calls `set_ready(true)` (say, once a connection is up). It may flip it at any time.
+//! - [`Context::report_failure`] tells the host the container has failed: it is stopped and
+//!   restarted at once, as its policy says.
+//! - `export_plugin!(..., requires: ["db"])` makes instances require a container named `db`
+//!   unless their config says otherwise.
+//!
 //! # What the host expects
 //! - `stop` joins every thread `start` spawned; the host unloads the library afterwards and
 //!   reports a library that stays mapped.

@@ -10,6 +10,7 @@ mod fixtures;
 mod hotplug;
 mod run;
 mod status;
+mod supervise;
 mod trust;
 mod unload;
 

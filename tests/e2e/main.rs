@@ -6,6 +6,7 @@
 mod api;
 mod chaos;
 mod config;
+mod evolution;
 mod fixtures;
 mod hotplug;
 mod run;

@@ -90,6 +90,14 @@ impl Pending {
         self.last_event.get(path).copied()
     }
 
+    /// `path` was looked at and needs no further look: forget its last event unless
+    /// another look is already due.
+    pub fn settled(&mut self, path: &Path) {
+        if !self.due.contains_key(path) {
+            self.last_event.remove(path);
+        }
+    }
+
     pub fn forget(&mut self, path: &Path) {
         self.due.remove(path);
         self.last_event.remove(path);
@@ -160,8 +168,12 @@ impl Supervisor {
         match event {
             FolderEvent::Changed(path) => match (path.parent(), path.file_name()) {
                 (Some(parent), Some(name)) if parent == dir => {
-                    let path = dir.join(name);
-                    self.pending.touch(path, Instant::now());
+                    // Names that are not plugins (temp files, editors' files) are ignored
+                    // right here, so they leave no trace.
+                    if is_candidate(&name.to_string_lossy()) {
+                        let path = dir.join(name);
+                        self.pending.touch(path, Instant::now());
+                    }
                 }
                 _ => self.rescan(true),
             },
@@ -204,8 +216,10 @@ impl Supervisor {
     /// Looks at every name that is due.
     pub(super) async fn settle_due(&mut self) {
         for path in self.pending.take_due(Instant::now()) {
-            if let Some(at) = self.evaluate(&path).await {
-                self.pending.retry_at(path, at);
+            match self.evaluate(&path).await {
+                Some(at) => self.pending.retry_at(path, at),
+                // Settled: its last event no longer matters until the next one.
+                None => self.pending.settled(&path),
             }
         }
     }
@@ -233,8 +247,8 @@ impl Supervisor {
             return None;
         }
         if link.file_type().is_symlink() {
-            if let Err(message) = self.check_symlink(path) {
-                self.refuse(path, "untrusted", message.clone(), message);
+            if let Err((kind, message)) = self.check_symlink(path) {
+                self.refuse(path, kind, message.clone(), message);
                 return None;
             }
         }
@@ -290,18 +304,24 @@ impl Supervisor {
         }
     }
 
-    /// A symlink is followed only when its target is inside the plugin folder.
-    fn check_symlink(&self, path: &Path) -> Result<(), String> {
-        let target = std::fs::canonicalize(path)
-            .map_err(|e| format!("{}: cannot resolve the symlink: {e}", path.display()))?;
+    /// A symlink is followed only when its target is inside the plugin folder. A dangling
+    /// or looping link is an `io` error; one leading outside is `untrusted`.
+    fn check_symlink(&self, path: &Path) -> Result<(), (&'static str, String)> {
+        let target = std::fs::canonicalize(path).map_err(|e| {
+            let message = format!("{}: cannot resolve the symlink: {e}", path.display());
+            ("io", message)
+        })?;
         if target.starts_with(&self.settings.plugin_dir) {
             Ok(())
         } else {
-            Err(format!(
-                "{}: symlink target {} is outside the plugin folder {}",
-                path.display(),
-                target.display(),
-                self.settings.plugin_dir.display()
+            Err((
+                "untrusted",
+                format!(
+                    "{}: symlink target {} is outside the plugin folder {}",
+                    path.display(),
+                    target.display(),
+                    self.settings.plugin_dir.display()
+                ),
             ))
         }
     }

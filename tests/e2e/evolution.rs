@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, old_api_plugin};
 
-/// The lines of /proc/<pid>/maps that map a private copy of `stem`.
+/// How many private copies of `stem` the host has mapped.
 fn mapped(host: &Host, stem: &str) -> usize {
-    let needle = format!("{stem}-g");
-    host.maps().lines().filter(|l| l.contains(&needle)).count()
+    let prefix = format!("{stem}-g");
+    host.mapped_copies()
+        .iter()
+        .filter(|c| c.starts_with(&prefix))
+        .count()
 }
 
 #[test]

@@ -123,6 +123,18 @@ pub fn list_candidates(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+fn log_loaded(library: &Library) {
+    info!(
+        file = %file_name(&library.file),
+        plugin = %library.info.name,
+        version = %library.info.version,
+        generation = library.generation,
+        sha256 = %library.short_hash(),
+        copy = %library.copy.display(),
+        "library loaded"
+    );
+}
+
 /// Load errors a file still being written shows.
 fn looks_partial(error: &LoadError) -> bool {
     matches!(
@@ -418,15 +430,7 @@ impl Supervisor {
             self.unload_generation(library);
             return false;
         }
-        info!(
-            file,
-            plugin = %name,
-            version = %library.info.version,
-            generation = library.generation,
-            sha256 = %library.short_hash(),
-            copy = %library.copy.display(),
-            "library loaded"
-        );
+        log_loaded(&library);
         self.board.set_plugin(loaded_status(&file, &library));
         self.providers.insert(name.clone(), path.to_owned());
         let entry = self.files.entry(path.to_owned()).or_default();
@@ -543,15 +547,7 @@ impl Supervisor {
             .filter(|c| c.plugin == plugin && c.instance.is_some())
             .map(|c| c.name.clone())
             .collect();
-        info!(
-            file,
-            plugin = %plugin,
-            version = %new.info.version,
-            generation = new.generation,
-            sha256 = %new.short_hash(),
-            copy = %new.copy.display(),
-            "library loaded"
-        );
+        log_loaded(&new);
         self.stop_named(&live).await;
         self.swap_generation(path, new.clone());
         let mut failures = Vec::new();

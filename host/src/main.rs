@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod client;
 mod config;
+mod events;
 mod loader;
 mod probes;
 mod restart;

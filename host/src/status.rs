@@ -67,6 +67,8 @@ pub struct ContainerStatus {
     pub requires: Vec<String>,
     /// The last ten probe results, oldest first.
     pub probes: Vec<crate::probes::ProbeRecord>,
+    /// The last 20 state transitions, oldest first.
+    pub history: Vec<Transition>,
 }
 
 /// Load state of a plugin file.
@@ -118,10 +120,23 @@ pub struct Snapshot {
     pub not_unloaded: Vec<NotUnloaded>,
 }
 
-/// Shared, cheaply cloned handle to the status board.
+/// One state transition of a container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub at: String,
+    pub from: State,
+    pub to: State,
+    pub reason: Option<String>,
+}
+
+/// How many transitions a container's status keeps.
+pub const HISTORY: usize = 20;
+
+/// Shared, cheaply cloned handle to the status board and the event log.
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     inner: Arc<RwLock<Snapshot>>,
+    pub events: Arc<crate::events::EventLog>,
 }
 
 impl Board {

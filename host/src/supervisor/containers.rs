@@ -10,11 +10,14 @@ use tracing::{error, info, warn};
 
 use super::{Command, Container, Hold, Instance, ShutdownReport, Supervisor, file_name};
 use crate::config::ContainerConfig;
+use crate::events::EventKind;
 use crate::loader::{CallError, Library, Worker};
 use crate::probes::{self, ProbeSpec};
 use crate::restart::Restarts;
 use crate::services::HostServices;
-use crate::status::{ContainerStatus, FileState, NotUnloaded, PluginStatus, State, rfc3339};
+use crate::status::{
+    ContainerStatus, FileState, HISTORY, NotUnloaded, PluginStatus, State, Transition, rfc3339,
+};
 
 impl Supervisor {
     /// Makes sure the containers of `plugin` are registered: the config's instances of it
@@ -148,6 +151,7 @@ impl Supervisor {
             next_retry: None,
             requires,
             probes: Vec::new(),
+            history: Vec::new(),
         });
         info!(container = %name, plugin = %plugin, "container registered");
     }
@@ -165,9 +169,17 @@ impl Supervisor {
     /// Records a state change; `reason` replaces `last_error` when given, and `running`
     /// clears it. Entering `starting` resets readiness and health (on every restart).
     pub(super) fn set_state(&self, name: &str, state: State, reason: Option<String>) {
+        let mut transition = None;
         self.board.update_container(name, |status| {
+            let now = rfc3339(SystemTime::now());
             if status.state != state {
-                status.since = rfc3339(SystemTime::now());
+                status.since = now.clone();
+                transition = Some(Transition {
+                    at: now,
+                    from: status.state,
+                    to: state,
+                    reason: reason.clone(),
+                });
             }
             status.state = state;
             // The last error stays visible through backoff and restarts until it runs again.
@@ -181,7 +193,20 @@ impl Supervisor {
                 status.health = None;
                 status.next_retry = None;
             }
+            if let Some(t) = &transition {
+                status.history.push(t.clone());
+                let excess = status.history.len().saturating_sub(HISTORY);
+                status.history.drain(..excess);
+            }
         });
+        if let Some(t) = transition {
+            self.board.events.publish(EventKind::State {
+                container: name.to_owned(),
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+            });
+        }
     }
 
     pub(super) fn fail(&self, name: &str, error: String) {
@@ -521,6 +546,11 @@ impl Supervisor {
         for problem in &report.errors {
             warn!(file, generation, problem = %problem, "while unloading");
         }
+        self.board.events.publish(EventKind::Unloaded {
+            file: file.clone(),
+            generation,
+            mapped: report.still_mapped,
+        });
         if report.still_mapped {
             let reason =
                 "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use super::containers::{error_status, loaded_status};
 use super::{PluginFile, Supervisor, file_name};
+use crate::events::EventKind;
 use crate::loader::{Library, LoadError, content_hash};
 use crate::status::{FileState, PluginStatus};
 use crate::trust;
@@ -123,7 +124,13 @@ pub fn list_candidates(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-fn log_loaded(library: &Library) {
+fn log_loaded(board: &crate::status::Board, library: &Library) {
+    board.events.publish(EventKind::Loaded {
+        file: file_name(&library.file),
+        plugin: library.info.name.clone(),
+        version: library.info.version.clone(),
+        generation: library.generation,
+    });
     info!(
         file = %file_name(&library.file),
         plugin = %library.info.name,
@@ -366,6 +373,11 @@ impl Supervisor {
         entry.seen = Some(key);
         let running = entry.library.as_ref().map(|l| l.generation);
         error!(file, kind, error = %message, "plugin file refused");
+        self.board.events.publish(EventKind::Refused {
+            file: file.clone(),
+            kind: kind.to_owned(),
+            error: message.clone(),
+        });
         match running {
             Some(generation) => self.board.update_plugin(&file, |p| {
                 p.status = FileState::Error;
@@ -430,7 +442,7 @@ impl Supervisor {
             self.unload_generation(library);
             return false;
         }
-        log_loaded(&library);
+        log_loaded(&self.board, &library);
         self.board.set_plugin(loaded_status(&file, &library));
         self.providers.insert(name.clone(), path.to_owned());
         let entry = self.files.entry(path.to_owned()).or_default();
@@ -547,7 +559,7 @@ impl Supervisor {
             .filter(|c| c.plugin == plugin && c.instance.is_some())
             .map(|c| c.name.clone())
             .collect();
-        log_loaded(&new);
+        log_loaded(&self.board, &new);
         self.stop_named(&live).await;
         self.swap_generation(path, new.clone());
         let mut failures = Vec::new();
@@ -579,6 +591,11 @@ impl Supervisor {
                 to_generation = new.generation,
                 "plugin reloaded"
             );
+            self.board.events.publish(EventKind::Reloaded {
+                file: file.clone(),
+                from_generation: old.generation,
+                to_generation: new.generation,
+            });
             drop(new);
             self.unload_generation(old);
             if let Some(entry) = self.files.get_mut(path) {
@@ -595,6 +612,11 @@ impl Supervisor {
             old.generation
         );
         warn!(file, plugin = %plugin, reason, "plugin rolled back");
+        self.board.events.publish(EventKind::RolledBack {
+            file: file.clone(),
+            generation: old.generation,
+            reason: reason.clone(),
+        });
         let started: Vec<String> = self
             .containers
             .iter()
@@ -654,6 +676,9 @@ impl Supervisor {
             self.remove_plugin_of(path).await;
             self.files.remove(path);
             info!(file, "plugin file removed");
+            self.board
+                .events
+                .publish(EventKind::Removed { file: file.clone() });
         }
         self.board.write().plugins.retain(|p| p.file != file);
     }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{Hold, Supervisor};
+use crate::events::EventKind;
 use crate::probes::{ProbeKind, ProbeReport, Verdict};
 use crate::restart::Decision;
 use crate::services::{Notice, NoticeFrom};
@@ -269,8 +270,16 @@ impl Supervisor {
                 }
             }
         }
+        let mut health_changed = None;
         self.board.update_container(name, |status| {
             if record.probe == ProbeKind::Liveness {
+                if status
+                    .health
+                    .as_ref()
+                    .is_none_or(|h| h.healthy != record.ok)
+                {
+                    health_changed = Some((record.ok, record.message.clone()));
+                }
                 status.health = Some(HealthStatus {
                     healthy: record.ok,
                     message: record.message.clone(),
@@ -282,6 +291,13 @@ impl Supervisor {
             let excess = status.probes.len().saturating_sub(PROBE_HISTORY);
             status.probes.drain(..excess);
         });
+        if let Some((healthy, message)) = health_changed {
+            self.board.events.publish(EventKind::Health {
+                container: name.to_owned(),
+                healthy,
+                message,
+            });
+        }
         match report.verdict {
             Verdict::Steady => {}
             Verdict::Ready(ready) => self.set_ready(index, ready),
@@ -332,5 +348,9 @@ impl Supervisor {
         let name = container.name.clone();
         info!(container = %name, ready, "readiness changed");
         self.board.update_container(&name, |s| s.ready = ready);
+        self.board.events.publish(EventKind::Readiness {
+            container: name,
+            ready,
+        });
     }
 }

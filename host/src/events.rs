@@ -1,0 +1,196 @@
+//! The event log: every state transition, load, unload, reload, rollback and readiness or
+//! health change, in order, each with an id. The last [`KEPT`] are kept so a client that
+//! reconnects with `Last-Event-ID` misses nothing still held; live subscribers get each
+//! event as it is published.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::status::{State, rfc3339};
+
+/// How many past events are kept for replay.
+pub const KEPT: usize = 1024;
+
+/// One event, as `GET /v1/events` sends it (`data:` is this as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub id: u64,
+    pub at: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Serialized with a `type` field in snake case.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A container changed state.
+    State {
+        container: String,
+        from: State,
+        to: State,
+        reason: Option<String>,
+    },
+    /// A running container became ready or not ready.
+    Readiness { container: String, ready: bool },
+    /// A container's liveness probe changed outcome.
+    Health {
+        container: String,
+        healthy: bool,
+        message: String,
+    },
+    /// A plugin file was loaded as a new generation.
+    Loaded {
+        file: String,
+        plugin: String,
+        version: String,
+        generation: u64,
+    },
+    /// A generation was unloaded (`mapped` says whether it is still in memory).
+    Unloaded {
+        file: String,
+        generation: u64,
+        mapped: bool,
+    },
+    /// A file's containers moved to a new generation.
+    Reloaded {
+        file: String,
+        from_generation: u64,
+        to_generation: u64,
+    },
+    /// A new generation's containers did not start; the old one runs again.
+    RolledBack {
+        file: String,
+        generation: u64,
+        reason: String,
+    },
+    /// A plugin file could not be used.
+    Refused {
+        file: String,
+        kind: String,
+        error: String,
+    },
+    /// A plugin file disappeared from the folder.
+    Removed { file: String },
+}
+
+/// The log and the live feed.
+#[derive(Debug)]
+pub struct EventLog {
+    kept: Mutex<Kept>,
+    live: broadcast::Sender<Event>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    next_id: u64,
+    events: VecDeque<Event>,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        Self {
+            kept: Mutex::default(),
+            live: broadcast::channel(KEPT).0,
+        }
+    }
+}
+
+impl EventLog {
+    /// Records and broadcasts an event; returns its id.
+    pub fn publish(&self, kind: EventKind) -> u64 {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.next_id += 1;
+        let event = Event {
+            id: kept.next_id,
+            at: rfc3339(SystemTime::now()),
+            kind,
+        };
+        if kept.events.len() == KEPT {
+            kept.events.pop_front();
+        }
+        kept.events.push_back(event.clone());
+        // Sent under the lock, so live events arrive in id order. No subscriber is fine.
+        let _ = self.live.send(event);
+        kept.next_id
+    }
+
+    /// The kept events after `last_id`, and a live feed of everything published after
+    /// them (taken together, so nothing falls between).
+    pub fn subscribe(&self, last_id: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = self.live.subscribe();
+        let past = kept
+            .events
+            .iter()
+            .filter(|e| e.id > last_id)
+            .cloned()
+            .collect();
+        (past, live)
+    }
+
+    /// The id of the newest event (0 before any).
+    pub fn last_id(&self) -> u64 {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn removed(file: &str) -> EventKind {
+        EventKind::Removed { file: file.into() }
+    }
+
+    #[tokio::test]
+    async fn replays_after_an_id_then_streams_in_order() {
+        let log = EventLog::default();
+        for file in ["a", "b", "c"] {
+            log.publish(removed(file));
+        }
+        let (past, mut live) = log.subscribe(1);
+        assert_eq!(past.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
+        log.publish(removed("d"));
+        let next = live.recv().await.unwrap();
+        assert_eq!((next.id, next.kind), (4, removed("d")));
+        assert_eq!(log.last_id(), 4);
+    }
+
+    #[test]
+    fn keeps_only_the_newest() {
+        let log = EventLog::default();
+        for _ in 0..KEPT + 10 {
+            log.publish(removed("x"));
+        }
+        let (past, _) = log.subscribe(0);
+        assert_eq!(past.len(), KEPT);
+        assert_eq!(past[0].id, 11);
+    }
+
+    #[test]
+    fn serializes_with_a_type_tag() {
+        let event = Event {
+            id: 7,
+            at: "t".into(),
+            kind: EventKind::State {
+                container: "web".into(),
+                from: State::Starting,
+                to: State::Running,
+                reason: None,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&event).unwrap(),
+            serde_json::json!({"id": 7, "at": "t", "type": "state", "container": "web",
+                               "from": "starting", "to": "running", "reason": null})
+        );
+    }
+}

@@ -1,19 +1,24 @@
 //! The HTTP API: status reads from the [`Board`], control requests go to the supervisor.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio_stream::wrappers::BroadcastStream;
+use tracing::warn;
 
 use crate::events::Event;
 use crate::status::{Board, State as ContainerState};
@@ -23,22 +28,53 @@ use crate::supervisor::{ControlError, SupervisorHandle};
 struct AppState {
     board: Board,
     supervisor: SupervisorHandle,
+    /// Mutating requests must bring it as `Authorization: Bearer TOKEN` when set.
+    token: Option<Arc<str>>,
 }
 
-/// The routes under `/v1`, plus JSON 404s for everything else.
-pub fn router(board: Board, supervisor: SupervisorHandle) -> Router {
-    Router::new()
-        .route("/v1/containers", get(list_containers))
-        .route("/v1/containers/{name}", get(get_container))
+/// The routes under `/v1`, `/healthz` and `/readyz`, plus JSON 404s for everything else.
+pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>) -> Router {
+    let state = AppState {
+        board,
+        supervisor,
+        token: token.map(Arc::from),
+    };
+    let control = Router::new()
         .route("/v1/containers/{name}/start", post(start_container))
         .route("/v1/containers/{name}/stop", post(stop_container))
         .route("/v1/containers/{name}/restart", post(restart_container))
+        .route("/v1/reload", post(reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/v1/containers", get(list_containers))
+        .route("/v1/containers/{name}", get(get_container))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(control)
         .fallback(not_found)
-        .with_state(AppState { board, supervisor })
+        .with_state(state)
+}
+
+/// Lets a mutating request through only with the right bearer token (when one is set),
+/// compared in constant time; otherwise 401 and a log line.
+async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &app.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        return next.run(request).await;
+    }
+    let why = if given.is_empty() { "missing" } else { "wrong" };
+    warn!(method = %request.method(), path = %request.uri().path(), token = why, "refused an API request");
+    error(StatusCode::UNAUTHORIZED, format!("{why} bearer token"))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -160,4 +196,14 @@ fn to_sse(event: Event) -> Result<SseEvent, Infallible> {
         .id(event.id.to_string())
         .event(kind)
         .data(data))
+}
+
+/// `POST /v1/reload`: reads the config file again; 200 with what changed, or 400 with why
+/// the new file was refused (the old one stays in force).
+async fn reload(State(app): State<AppState>) -> Response {
+    match app.supervisor.reload().await {
+        Some(Ok(report)) => Json(report).into_response(),
+        Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down"),
+    }
 }

@@ -22,6 +22,53 @@ pub enum Command {
     Run(RunArgs),
     /// Show the containers of a running host.
     Status(StatusArgs),
+    /// Control a running host: start, stop or restart a container, reload the config.
+    Ctl(CtlArgs),
+    /// Print a running host's events as they happen.
+    Events(EventsArgs),
+}
+
+/// Where the host is and how to authenticate to it.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// Address of the host's HTTP API.
+    #[arg(long, global = true, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
+    pub addr: String,
+    /// File holding the API token (else the BALUT_TOKEN environment variable).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(subcommand)]
+    pub action: CtlAction,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlAction {
+    /// Start a container (clears its restart counters, backoff and quarantine).
+    Start { name: String },
+    /// Stop a container (and the containers that require it); it stays stopped.
+    Stop { name: String },
+    /// Stop a container if it runs and start it again, clearing its counters.
+    Restart { name: String },
+    /// Read the config file again and apply the difference.
+    Reload,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Replay the events the host still holds after this id first (0: all it holds).
+    #[arg(long, value_name = "ID")]
+    pub since: Option<u64>,
+    /// Print each event as the JSON the API sends.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +85,20 @@ pub struct RunArgs {
     /// Load plugins even from a folder or files other users can write (for development).
     #[arg(long)]
     pub no_strict_modes: bool,
+    /// File holding the API token that mutating requests must bring (else the BALUT_TOKEN
+    /// environment variable). Required when listening beyond loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How `balut run` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -48,4 +109,7 @@ pub struct StatusArgs {
     /// Print the JSON the API returns instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Redraw the table whenever something changes (from the event stream).
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }

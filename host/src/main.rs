@@ -23,7 +23,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, LogFormat, RunArgs};
 use crate::config::Config;
 use crate::status::Board;
 use crate::supervisor::{Settings, Supervisor};
@@ -36,7 +36,18 @@ const EXIT_FORCED: i32 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let format = match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    let client_result = |what: &str, result: anyhow::Result<()>| match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("balut {what}: {e:#}");
+            ExitCode::from(EXIT_UNCLEAN)
+        }
+    };
     match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => match client::status(&args) {
@@ -47,22 +58,33 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_UNCLEAN)
             }
         },
+        Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
+        Command::Events(args) => client_result("events", client::events(&args)),
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// Config and folder, resolved from the command line and the config file.
-fn settings(args: &RunArgs) -> anyhow::Result<(Settings, std::net::SocketAddr)> {
+/// What `balut run` resolved from its arguments and config.
+struct Resolved {
+    settings: Settings,
+    listen: std::net::SocketAddr,
+    token: Option<String>,
+}
+
+fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
     let config = match &args.config {
         Some(file) => Config::load(file)?,
         None => Config::default(),
@@ -90,18 +112,27 @@ fn settings(args: &RunArgs) -> anyhow::Result<(Settings, std::net::SocketAddr)> 
             .parse()
             .context("default listen address")?,
     };
-    Ok((
-        Settings {
+    let token = client::read_token(args.token_file.as_deref())?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "listening on {listen}, beyond loopback, needs an API token: \
+             --token-file FILE or the BALUT_TOKEN environment variable"
+        );
+    }
+    Ok(Resolved {
+        settings: Settings {
             plugin_dir,
             config,
+            config_path: args.config.clone(),
             strict_modes,
         },
         listen,
-    ))
+        token,
+    })
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let (settings, listen) = match settings(&args) {
+    let resolved = match settings(&args) {
         Ok(resolved) => resolved,
         Err(e) => {
             eprintln!("balut run: {e:#}");
@@ -118,7 +149,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNCLEAN);
         }
     };
-    match runtime.block_on(serve(settings, listen)) {
+    match runtime.block_on(serve(resolved)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(EXIT_UNCLEAN),
         Err(e) => {
@@ -130,9 +161,15 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 /// Runs the host until a signal; returns whether everything stopped cleanly.
-async fn serve(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Result<bool> {
+async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
+    let Resolved {
+        settings,
+        listen,
+        token,
+    } = resolved;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -153,7 +190,7 @@ async fn serve(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resu
     info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(board, handle.clone());
+    let app = api::router(board, handle.clone(), token);
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -170,9 +207,16 @@ async fn serve(settings: Settings, listen: std::net::SocketAddr) -> anyhow::Resu
         supervisor.run().await
     });
 
-    let first = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let first = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the config");
+                // The supervisor logs the outcome; a bad file leaves the old one in force.
+                let _ = handle.reload().await;
+            }
+        }
     };
     info!(
         signal = first,

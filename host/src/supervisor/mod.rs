@@ -11,7 +11,10 @@
 
 mod containers;
 mod files;
+mod reload;
 mod supervision;
+
+pub use reload::{ReloadError, ReloadReport};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,6 +40,8 @@ pub struct Settings {
     /// The plugin folder, absolute and canonical.
     pub plugin_dir: PathBuf,
     pub config: Config,
+    /// The config file, read again on reload.
+    pub config_path: Option<PathBuf>,
     /// Refuse folders and files writable by other users (see `trust.rs`).
     pub strict_modes: bool,
 }
@@ -83,6 +88,9 @@ enum Command {
         instance: u64,
         report: ProbeReport,
     },
+    Reload {
+        reply: oneshot::Sender<Result<ReloadReport, ReloadError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<ShutdownReport>,
     },
@@ -122,6 +130,11 @@ impl SupervisorHandle {
         self.request(|reply| Command::Restart { name, reply })
             .await
             .unwrap_or(Err(ControlError::ShuttingDown))
+    }
+
+    /// Reads the config file again and applies the difference.
+    pub async fn reload(&self) -> Option<Result<ReloadReport, ReloadError>> {
+        self.request(|reply| Command::Reload { reply }).await
     }
 
     /// Stops everything in reverse order and unloads every library.
@@ -343,6 +356,9 @@ impl Supervisor {
                 instance,
                 report,
             } => self.on_probe(&name, instance, report).await,
+            Command::Reload { reply } => {
+                let _ = reply.send(self.reload_config().await);
+            }
             Command::Shutdown { reply } => return Some(reply),
         }
         None

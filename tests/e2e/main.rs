@@ -6,9 +6,11 @@
 mod api;
 mod chaos;
 mod config;
+mod control;
 mod evolution;
 mod fixtures;
 mod hotplug;
+mod observe;
 mod run;
 mod status;
 mod supervise;

@@ -606,8 +606,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_balut_with(args, &[], timeout)
+}
+
+/// [`run_balut`] with extra environment variables.
+pub fn run_balut_with<I, S>(args: I, env: &[(&str, &str)], timeout: Duration) -> Finished
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = balut_command();
     cmd.args(args);
+    cmd.envs(env.iter().copied());
     let desc = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -658,7 +668,9 @@ fn balut_command() -> Command {
     cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG_STYLE")
-        .env_remove("RUST_BACKTRACE");
+        .env_remove("RUST_BACKTRACE")
+        // A token from the developer's shell would change what the API lets through.
+        .env_remove("BALUT_TOKEN");
     cmd
 }
 
@@ -688,8 +700,18 @@ impl Host {
     /// Runs `balut ARGS --listen 127.0.0.1:0` and waits for `http api listening addr=...`.
     /// `tmpdir`, if given, becomes the host's `TMPDIR`.
     pub fn spawn(args: Vec<OsString>, tmpdir: Option<PathBuf>) -> Host {
+        Host::spawn_with(args, tmpdir, &[])
+    }
+
+    /// [`Host::spawn`] with extra environment variables. `--listen 127.0.0.1:0` is added
+    /// unless `args` has a `--listen` of its own.
+    pub fn spawn_with(args: Vec<OsString>, tmpdir: Option<PathBuf>, env: &[(&str, &str)]) -> Host {
         let mut cmd = balut_command();
-        cmd.args(&args).arg("--listen").arg("127.0.0.1:0");
+        cmd.args(&args);
+        if !args.iter().any(|a| a == "--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.envs(env.iter().copied());
         if let Some(tmp) = tmpdir {
             cmd.env("TMPDIR", tmp);
         }
@@ -735,6 +757,10 @@ impl Host {
             let found = host.lines().into_iter().find_map(|line| {
                 if !line.contains("http api listening") {
                     return None;
+                }
+                // `--log-format json` writes `{"message":"http api listening","addr":...}`.
+                if let Ok(json) = serde_json::from_str::<Value>(&line) {
+                    return json["addr"].as_str().and_then(|a| a.parse().ok());
                 }
                 field_values(&line, "addr")
                     .first()
@@ -861,6 +887,35 @@ impl Host {
     pub fn post(&self, path: &str) -> (u16, Value) {
         let res = self.agent.post(&self.url(path)).send_empty();
         self.json_response("POST", path, res)
+    }
+
+    /// POST `path` (empty body) with `Authorization: {authorization}` (none if `None`).
+    pub fn post_with_auth(&self, path: &str, authorization: Option<&str>) -> (u16, Value) {
+        let mut req = self.agent.post(&self.url(path));
+        if let Some(value) = authorization {
+            req = req.header("Authorization", value);
+        }
+        let res = req.send_empty();
+        self.json_response("POST", path, res)
+    }
+
+    /// POST `path` (empty body) with `Authorization: Bearer {token}`.
+    pub fn post_with_token(&self, path: &str, token: &str) -> (u16, Value) {
+        self.post_with_auth(path, Some(&format!("Bearer {token}")))
+    }
+
+    /// Opens `GET /v1/events` (with `Last-Event-ID: last_event_id` if given) and waits for
+    /// the response head, so every event published after this returns is delivered.
+    pub fn events(&self, last_event_id: Option<u64>) -> EventStream {
+        let id = last_event_id.map(|id| id.to_string());
+        let headers: Vec<(&str, &str)> =
+            id.iter().map(|id| ("Last-Event-ID", id.as_str())).collect();
+        EventStream::open(self.addr, "/v1/events", &headers)
+    }
+
+    /// Opens `GET {path}` as an event stream (e.g. `/v1/events?since=3`).
+    pub fn events_at(&self, path: &str) -> EventStream {
+        EventStream::open(self.addr, path, &[])
     }
 
     fn json_response(
@@ -1176,6 +1231,408 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .read_to_string()
         .unwrap_or_else(|e| panic!("GET {url}: reading the body failed: {e}"));
     (status, body)
+}
+
+/// One Server-Sent Event as it came over the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    /// The `id:` field, parsed.
+    pub id: Option<u64>,
+    /// The `event:` field.
+    pub event: Option<String>,
+    /// The `data:` lines, joined with newlines, parsed as JSON (`Null` if it is not JSON).
+    pub data: Value,
+    /// The raw `data:` text.
+    pub raw: String,
+}
+
+impl SseEvent {
+    /// The `id` of the data (panics if it has none).
+    pub fn data_id(&self) -> u64 {
+        self.data["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("event data without an id: {}", self.raw))
+    }
+
+    /// The data's `type`.
+    pub fn kind(&self) -> &str {
+        self.data["type"].as_str().unwrap_or_default()
+    }
+
+    /// Whether this is a `state` event of `container`.
+    pub fn is_state_of(&self, container: &str) -> bool {
+        self.kind() == "state" && self.data["container"] == container
+    }
+
+    /// `(from, to)` of a `state` event.
+    pub fn transition(&self) -> (String, String) {
+        let text = |key: &str| self.data[key].as_str().unwrap_or_default().to_owned();
+        (text("from"), text("to"))
+    }
+}
+
+/// A plain HTTP/1.1 reader of an SSE endpoint over `std::net` (chunked or close-delimited
+/// body), parsed on a thread into a channel. Dropping it (or [`EventStream::disconnect`])
+/// closes the connection.
+pub struct EventStream {
+    socket: std::net::TcpStream,
+    events: std::sync::mpsc::Receiver<SseEvent>,
+    reader: Option<JoinHandle<()>>,
+    /// The response status.
+    pub status: u16,
+    /// The response headers, names in lowercase.
+    pub headers: Vec<(String, String)>,
+}
+
+impl EventStream {
+    /// Connects, sends `GET {path}` with `headers`, reads the response head and starts
+    /// reading events. Panics if the answer is not 200.
+    pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> EventStream {
+        let mut socket = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        socket
+            .write_all(request.as_bytes())
+            .unwrap_or_else(|e| panic!("send GET {path}: {e}"));
+        // Only against hangs while reading the head; the body is read without a timeout.
+        socket
+            .set_read_timeout(Some(STATE_TIMEOUT))
+            .expect("set a read timeout");
+        let mut reader = BufReader::new(socket.try_clone().expect("clone the socket"));
+        let mut status_line = String::new();
+        reader
+            .read_line(&mut status_line)
+            .unwrap_or_else(|e| panic!("GET {path}: reading the status line: {e}"));
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("GET {path}: bad status line {status_line:?}"));
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader
+                .read_line(&mut line)
+                .unwrap_or_else(|e| panic!("GET {path}: reading the headers: {e}"));
+            let line = line.trim_end();
+            if n == 0 || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                head.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        assert_eq!(
+            status, 200,
+            "GET {path} answered {status_line:?}, headers {head:?}"
+        );
+        socket
+            .set_read_timeout(None)
+            .expect("clear the read timeout");
+        let chunked = head
+            .iter()
+            .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+        let (tx, events) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let body: Box<dyn BufRead + Send> = if chunked {
+                Box::new(BufReader::new(Chunked {
+                    inner: reader,
+                    left: 0,
+                    done: false,
+                }))
+            } else {
+                Box::new(reader)
+            };
+            parse_sse(body, &tx);
+        });
+        EventStream {
+            socket,
+            events,
+            reader: Some(reader),
+            status,
+            headers: head,
+        }
+    }
+
+    /// The value of response header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next event, or `None` if none came within `timeout` or the stream ended.
+    pub fn next(&self, timeout: Duration) -> Option<SseEvent> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Reads events until one satisfies `pred` (included), and returns them all; panics
+    /// with what came if none did within `timeout`.
+    pub fn until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&SseEvent) -> bool,
+    ) -> Vec<SseEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    let done = pred(&event);
+                    got.push(event);
+                    if done {
+                        return got;
+                    }
+                }
+                Err(e) => panic!(
+                    "no event {what} within {timeout:?} ({e}); got:\n{}",
+                    got.iter()
+                        .map(|e| e.raw.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Every event that arrives within `quiet` of the previous one (none: empty).
+    pub fn drain(&self, quiet: Duration) -> Vec<SseEvent> {
+        std::iter::from_fn(|| self.next(quiet)).collect()
+    }
+
+    /// Closes the connection and waits for the reader to stop.
+    pub fn disconnect(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            let size = line.trim().split(';').next().unwrap_or_default();
+            self.left = usize::from_str_radix(size, 16).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("chunk size {line:?}: {e}"),
+                )
+            })?;
+            if self.left == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.read(&mut buf[..n])?;
+        if n == 0 {
+            self.done = true;
+            return Ok(0);
+        }
+        self.left -= n;
+        if self.left == 0 {
+            let mut crlf = String::new();
+            self.inner.read_line(&mut crlf)?;
+        }
+        Ok(n)
+    }
+}
+
+/// Parses SSE from `body` until it ends, sending each dispatched event.
+fn parse_sse(mut body: impl BufRead, tx: &std::sync::mpsc::Sender<SseEvent>) {
+    let (mut id, mut event, mut data): (Option<u64>, Option<String>, Option<String>) =
+        (None, None, None);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match body.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            if let Some(raw) = data.take() {
+                let parsed = serde_json::from_str(&raw).unwrap_or(Value::Null);
+                let sse = SseEvent {
+                    id: id.take(),
+                    event: event.take(),
+                    data: parsed,
+                    raw,
+                };
+                if tx.send(sse).is_err() {
+                    return;
+                }
+            }
+            id = None;
+            event = None;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => id = value.parse().ok(),
+            "event" => event = Some(value.to_owned()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// A `balut` client command that runs until stopped (`balut events`, `status --watch`):
+/// its output lines are collected; dropping it kills it.
+pub struct BalutProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl BalutProcess {
+    /// Spawns `balut ARGS`.
+    pub fn spawn<I, S>(args: I) -> BalutProcess
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = balut_command();
+        cmd.args(args);
+        let desc = format!("{cmd:?}");
+        eprintln!("[harness] spawn {desc}");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+        let pid = child.id();
+        let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
+        let readers = vec![
+            collect_lines(
+                child.stdout.take().expect("stdout is piped"),
+                "stdout",
+                pid,
+                lines.clone(),
+            ),
+            collect_lines(
+                child.stderr.take().expect("stderr is piped"),
+                "stderr",
+                pid,
+                lines.clone(),
+            ),
+        ];
+        BalutProcess {
+            child,
+            lines,
+            readers,
+        }
+    }
+
+    /// The stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stream_lines("stdout")
+    }
+
+    /// The stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stream_lines("stderr")
+    }
+
+    fn stream_lines(&self, stream: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| l.text.clone())
+            .collect()
+    }
+
+    /// Waits until the stdout lines satisfy `cond`; panics with the output after `timeout`.
+    pub fn wait_stdout(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.stdout();
+            if cond(&lines) {
+                return lines;
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "waiting for {what}: {}; stdout:\n{}\nstderr:\n{}",
+                    match exited {
+                        Some(status) => format!("the command exited ({status})"),
+                        None => format!("timed out after {timeout:?}"),
+                    },
+                    lines.join("\n"),
+                    self.stderr().join("\n")
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for BalutProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
 }
 
 #[cfg(test)]

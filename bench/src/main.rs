@@ -28,8 +28,8 @@ fn main() -> anyhow::Result<()> {
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--quick" => options.quick = true,
-            "reload" => options.which.push(arg),
-            other => bail!("unknown argument {other:?}; use --quick and/or: reload"),
+            "reload" | "status" => options.which.push(arg),
+            other => bail!("unknown argument {other:?}; use --quick and/or: reload, status"),
         }
     }
     let all = options.which.is_empty();
@@ -37,6 +37,14 @@ fn main() -> anyhow::Result<()> {
     println!("machine: {} cores; release build", cores());
     if all || options.which.iter().any(|w| w == "reload") {
         reload(&artifacts, if options.quick { 50 } else { 200 })?;
+    }
+    if all || options.which.iter().any(|w| w == "status") {
+        let containers = if options.quick { 200 } else { 1000 };
+        status(
+            &artifacts,
+            containers,
+            Duration::from_secs(if options.quick { 3 } else { 10 }),
+        )?;
     }
     Ok(())
 }
@@ -91,9 +99,23 @@ struct Host {
 
 impl Host {
     fn start(balut: &Path, plugin_dir: &Path, tmp: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(balut)
+        Self::start_with(balut, plugin_dir, tmp, None)
+    }
+
+    fn start_with(
+        balut: &Path,
+        plugin_dir: &Path,
+        tmp: &Path,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(balut);
+        command
             .args(["run", "--listen", "127.0.0.1:0", "--plugin-dir"])
-            .arg(plugin_dir)
+            .arg(plugin_dir);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn,balut=info")
             .env("TMPDIR", tmp)
             .stdout(Stdio::null())
@@ -208,4 +230,82 @@ fn reload(artifacts: &Artifacts, reloads: usize) -> anyhow::Result<()> {
         ms(latencies[latencies.len() - 1]),
     );
     Ok(())
+}
+
+/// Status endpoint under load: `containers` chaos instances; one container's status and
+/// the full list, each hammered by client threads with keep-alive connections.
+fn status(artifacts: &Artifacts, containers: usize, each: Duration) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let plugins = work.path().join("plugins");
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir(&plugins)?;
+    std::fs::create_dir(&tmp)?;
+    std::fs::copy(&artifacts.chaos, plugins.join("libchaos.so"))?;
+    let mut config = String::new();
+    for i in 0..containers {
+        config.push_str(&format!("[containers.c{i}]\nplugin = \"chaos\"\n"));
+    }
+    let config_path = work.path().join("balut.toml");
+    std::fs::write(&config_path, config)?;
+    let began = Instant::now();
+    let host = Host::start_with(&artifacts.balut, &plugins, &tmp, Some(&config_path))?;
+    let last = format!("c{}", containers - 1);
+    host.wait_generation(&last, 1, Duration::from_secs(120))?;
+    println!(
+        "status: {containers} containers running after {} ms",
+        began.elapsed().as_millis()
+    );
+    for (what, path) in [
+        ("one container", "/v1/containers/c0".to_owned()),
+        ("full list", "/v1/containers".to_owned()),
+    ] {
+        let (count, latencies) = hammer(&host.addr, &path, 4, each)?;
+        println!(
+            "status {what} ({path}): {:.0} requests/s, p50 {} ms, p99 {} ms ({count} requests, 4 client threads on the same {} cores)",
+            count as f64 / each.as_secs_f64(),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            cores(),
+        );
+    }
+    Ok(())
+}
+
+/// `threads` clients, each on its own keep-alive connection, GET `path` for `each`.
+fn hammer(
+    addr: &str,
+    path: &str,
+    threads: usize,
+    each: Duration,
+) -> anyhow::Result<(usize, Vec<Duration>)> {
+    let url = format!("http://{addr}{path}");
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+                let agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .new_agent();
+                let mut latencies = Vec::new();
+                let end = Instant::now() + each;
+                while Instant::now() < end {
+                    let began = Instant::now();
+                    let mut response = agent.get(&url).call()?;
+                    let _ = response.body_mut().read_to_vec()?;
+                    latencies.push(began.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for worker in workers {
+        let latencies = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        all.extend(latencies);
+    }
+    all.sort();
+    Ok((all.len(), all))
 }

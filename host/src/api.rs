@@ -85,14 +85,37 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
+/// Serializes `value` to a JSON response (while the caller holds the board's read lock:
+/// no copy of the status is made).
+fn json_bytes(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the status: {e}"),
+        ),
+    }
+}
+
 async fn list_containers(State(app): State<AppState>) -> Response {
+    #[derive(serde::Serialize)]
+    struct List<'a> {
+        containers: &'a [crate::status::ContainerStatus],
+    }
     let board = app.board.read();
-    Json(json!({ "containers": board.containers })).into_response()
+    json_bytes(&List {
+        containers: &board.containers,
+    })
 }
 
 async fn get_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
-    match app.board.container(&name) {
-        Some(status) => Json(status).into_response(),
+    let board = app.board.read();
+    match board.containers.iter().find(|c| c.name == name) {
+        Some(status) => json_bytes(&crate::status::ContainerDetail {
+            status,
+            probes: &status.probes,
+            history: &status.history,
+        }),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no container named `{name}`"),
@@ -132,9 +155,17 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-/// `GET /readyz`: 200 when every container that should run is running and ready; 503 with
-/// the ones that are not. Containers stopped on purpose do not count.
+/// `GET /readyz`: 200 when the initial start is done and every container that should run
+/// is running and ready; 503 with the ones that are not (or `starting` before that).
+/// Containers stopped on purpose do not count.
 async fn readyz(State(app): State<AppState>) -> Response {
+    if !app.board.is_started() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting", "not_ready": [] })),
+        )
+            .into_response();
+    }
     let board = app.board.read();
     let not_ready: Vec<serde_json::Value> = board
         .containers

@@ -65,10 +65,22 @@ pub struct ContainerStatus {
     /// When a container in backoff or quarantine is tried again.
     pub next_retry: Option<String>,
     pub requires: Vec<String>,
-    /// The last ten probe results, oldest first.
+    /// The last ten probe results, oldest first (in the one-container view only: the list
+    /// stays small and fast).
+    #[serde(skip)]
     pub probes: Vec<crate::probes::ProbeRecord>,
-    /// The last 20 state transitions, oldest first.
+    /// The last 20 state transitions, oldest first (in the one-container view only).
+    #[serde(skip)]
     pub history: Vec<Transition>,
+}
+
+/// `GET /v1/containers/{name}`: the status with its probe results and history.
+#[derive(Debug, Serialize)]
+pub struct ContainerDetail<'a> {
+    #[serde(flatten)]
+    pub status: &'a ContainerStatus,
+    pub probes: &'a [crate::probes::ProbeRecord],
+    pub history: &'a [Transition],
 }
 
 /// Load state of a plugin file.
@@ -137,9 +149,22 @@ pub const HISTORY: usize = 20;
 pub struct Board {
     inner: Arc<RwLock<Snapshot>>,
     pub events: Arc<crate::events::EventLog>,
+    /// Set once the first scan loaded, registered and started everything.
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Board {
+    /// Marks the initial start as done.
+    pub fn set_started(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the initial start is done.
+    pub fn is_started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, Snapshot> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
     }

@@ -201,8 +201,10 @@ fn liveness_failure_restarts_the_container() {
             "{down}"
         );
     }
-    let probes = down["probes"].as_array().expect("probes is an array");
-    assert!(!probes.is_empty() && probes.len() <= 10, "{down}");
+    // Probe results are in the one-container view.
+    let detail = host.get_json("/v1/containers/sick");
+    let probes = detail["probes"].as_array().expect("probes is an array");
+    assert!(!probes.is_empty() && probes.len() <= 10, "{detail}");
     assert!(
         probes
             .iter()

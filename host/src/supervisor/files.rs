@@ -179,6 +179,7 @@ impl Supervisor {
         for path in paths {
             self.release_library_if_unused(&path, None);
         }
+        self.board.set_started();
         Ok(())
     }
 

@@ -42,7 +42,13 @@ impl Supervisor {
             .ok_or(ReloadError::NoConfigFile)?;
         let new = Config::load(&path).map_err(|e| {
             let error = ReloadError::Invalid(e.to_string());
-            warn!(error = %error, "config reload refused");
+            // One log record, one line: the parse error's snippet lines are joined.
+            let one_line = error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            warn!(error = %one_line, "config reload refused");
             error
         })?;
         let report = self.apply_config(new).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +37,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle) -> Router {
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(AppState { board, supervisor })
 }
@@ -116,6 +117,21 @@ async fn readyz(State(app): State<AppState>) -> Response {
             Json(json!({ "status": "not ready", "not_ready": not_ready })),
         )
             .into_response()
+    }
+}
+
+/// The content type of the OpenMetrics text format `prometheus-client` writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let rendered = app.board.metrics.render(&app.board.read());
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render the metrics: {e}"),
+        ),
     }
 }
 

@@ -658,7 +658,10 @@ fn balut_command() -> Command {
     cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG_STYLE")
-        .env_remove("RUST_BACKTRACE");
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     cmd
 }
 
@@ -688,8 +691,25 @@ impl Host {
     /// Runs `balut ARGS --listen 127.0.0.1:0` and waits for `http api listening addr=...`.
     /// `tmpdir`, if given, becomes the host's `TMPDIR`.
     pub fn spawn(args: Vec<OsString>, tmpdir: Option<PathBuf>) -> Host {
+        Host::spawn_with_env(args, tmpdir, &[])
+    }
+
+    /// Runs the host on `dir` with extra environment variables.
+    pub fn start_with_env(dir: &PluginDir, env: &[(&str, OsString)]) -> Host {
+        Host::spawn_with_env(dir.run_args(), Some(dir.tmp()), env)
+    }
+
+    /// [`Host::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        args: Vec<OsString>,
+        tmpdir: Option<PathBuf>,
+        env: &[(&str, OsString)],
+    ) -> Host {
         let mut cmd = balut_command();
         cmd.args(&args).arg("--listen").arg("127.0.0.1:0");
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
         if let Some(tmp) = tmpdir {
             cmd.env("TMPDIR", tmp);
         }
@@ -861,6 +881,29 @@ impl Host {
     pub fn post(&self, path: &str) -> (u16, Value) {
         let res = self.agent.post(&self.url(path)).send_empty();
         self.json_response("POST", path, res)
+    }
+
+    /// GET `path` on the API: status, `Content-Type` and the body as text.
+    pub fn get_text(&self, path: &str) -> (u16, String, String) {
+        let mut res = self.agent.get(&self.url(path)).call().unwrap_or_else(|e| {
+            panic!(
+                "GET {path} on {} failed: {e}; host output:\n{}",
+                self.addr,
+                self.logs()
+            )
+        });
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body failed: {e}"));
+        (status, content_type, text)
     }
 
     fn json_response(

@@ -52,6 +52,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .merge(control)
         .fallback(not_found)
         .with_state(state)
@@ -183,6 +184,21 @@ async fn readyz(State(app): State<AppState>) -> Response {
             Json(json!({ "status": "not ready", "not_ready": not_ready })),
         )
             .into_response()
+    }
+}
+
+/// The content type of the OpenMetrics text format `prometheus-client` writes.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let rendered = app.board.metrics.render(&app.board.read());
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render the metrics: {e}"),
+        ),
     }
 }
 

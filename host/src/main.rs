@@ -6,8 +6,10 @@ mod client;
 mod config;
 mod events;
 mod loader;
+mod metrics;
 mod probes;
 mod restart;
+mod sdnotify;
 mod services;
 mod status;
 mod supervisor;
@@ -190,7 +192,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
     info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
 
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(board, handle.clone(), token);
+    let app = api::router(board.clone(), handle.clone(), token);
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -200,10 +202,28 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
     });
     info!(%addr, "http api listening");
 
+    let notifier = match sdnotify::Notifier::from_env() {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            warn!(error = %e, "not notifying the service manager");
+            None
+        }
+    };
+    let (started, start_done) = tokio::sync::oneshot::channel::<()>();
+    let notify_task = notifier.clone().map(|notifier| {
+        tokio::spawn(sdnotify::run(
+            notifier,
+            board.clone(),
+            start_done,
+            sdnotify::watchdog_interval(),
+        ))
+    });
+
     let supervisor_task = tokio::spawn(async move {
         if let Err(e) = supervisor.start_all().await {
             error!(plugin_dir = %plugin_dir.display(), error = %e, "cannot read the plugin folder");
         }
+        let _ = started.send(());
         supervisor.run().await
     });
 
@@ -222,6 +242,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         signal = first,
         "stopping all containers; a second signal exits at once"
     );
+    if let Some(notifier) = &notifier {
+        notifier.stopping();
+    }
     let report = tokio::select! {
         report = handle.shutdown() => report,
         _ = sigterm.recv() => force_exit(&private_dir),
@@ -230,6 +253,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
     let _ = supervisor_task.await;
     let _ = stop_http.send(());
     let _ = http.await;
+    if let Some(task) = notify_task {
+        task.abort();
+    }
     let clean = report.clean();
     if clean {
         info!("all containers stopped cleanly");

@@ -144,13 +144,14 @@ pub struct Transition {
 /// How many transitions a container's status keeps.
 pub const HISTORY: usize = 20;
 
-/// Shared, cheaply cloned handle to the status board and the event log.
+/// Shared, cheaply cloned handle to the status board, the event log and the metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Board {
     inner: Arc<RwLock<Snapshot>>,
     pub events: Arc<crate::events::EventLog>,
     /// Set once the first scan loaded, registered and started everything.
     started: Arc<std::sync::atomic::AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Board {

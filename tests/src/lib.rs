@@ -670,7 +670,10 @@ fn balut_command() -> Command {
         .env_remove("RUST_LOG_STYLE")
         .env_remove("RUST_BACKTRACE")
         // A token from the developer's shell would change what the API lets through.
-        .env_remove("BALUT_TOKEN");
+        .env_remove("BALUT_TOKEN")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     cmd
 }
 
@@ -701,6 +704,29 @@ impl Host {
     /// `tmpdir`, if given, becomes the host's `TMPDIR`.
     pub fn spawn(args: Vec<OsString>, tmpdir: Option<PathBuf>) -> Host {
         Host::spawn_with(args, tmpdir, &[])
+    }
+
+    /// Runs the host on `dir` with extra environment variables.
+    pub fn start_with_env(dir: &PluginDir, env: &[(&str, OsString)]) -> Host {
+        Host::spawn_with_env(dir.run_args(), Some(dir.tmp()), env)
+    }
+
+    /// [`Host::spawn`] with extra environment variables (values as `OsString`).
+    pub fn spawn_with_env(
+        args: Vec<OsString>,
+        tmpdir: Option<PathBuf>,
+        env: &[(&str, OsString)],
+    ) -> Host {
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    v.to_str().expect("environment values in tests are UTF-8"),
+                )
+            })
+            .collect();
+        Host::spawn_with(args, tmpdir, &env)
     }
 
     /// [`Host::spawn`] with extra environment variables. `--listen 127.0.0.1:0` is added
@@ -916,6 +942,29 @@ impl Host {
     /// Opens `GET {path}` as an event stream (e.g. `/v1/events?since=3`).
     pub fn events_at(&self, path: &str) -> EventStream {
         EventStream::open(self.addr, path, &[])
+    }
+
+    /// GET `path` on the API: status, `Content-Type` and the body as text.
+    pub fn get_text(&self, path: &str) -> (u16, String, String) {
+        let mut res = self.agent.get(&self.url(path)).call().unwrap_or_else(|e| {
+            panic!(
+                "GET {path} on {} failed: {e}; host output:\n{}",
+                self.addr,
+                self.logs()
+            )
+        });
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body failed: {e}"));
+        (status, content_type, text)
     }
 
     fn json_response(

@@ -153,6 +153,7 @@ impl Supervisor {
             probes: Vec::new(),
             history: Vec::new(),
         });
+        self.board.metrics.container_registered(name);
         info!(container = %name, plugin = %plugin, "container registered");
     }
 
@@ -551,6 +552,7 @@ impl Supervisor {
             generation,
             mapped: report.still_mapped,
         });
+        self.board.metrics.unloaded();
         if report.still_mapped {
             let reason =
                 "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";

@@ -151,6 +151,14 @@ fn looks_partial(error: &LoadError) -> bool {
 }
 
 impl Supervisor {
+    /// Loads `bytes` as a new generation of `path`, counting and timing it in the metrics.
+    async fn load_timed(&mut self, path: &Path, bytes: &[u8]) -> Result<Arc<Library>, LoadError> {
+        let began = std::time::Instant::now();
+        let result = self.loader.load_bytes(path, bytes).await;
+        self.board.metrics.load(result.is_ok(), began.elapsed());
+        result
+    }
+
     /// Starts watching the folder, loads every plugin file in it (in file-name order),
     /// registers and starts their containers, then lists configured containers whose
     /// plugin is missing as failed.
@@ -463,7 +471,7 @@ impl Supervisor {
         meta: &Metadata,
     ) -> Option<Instant> {
         self.set_file_state(path, FileState::Loading);
-        let library = match self.loader.load_bytes(path, bytes).await {
+        let library = match self.load_timed(path, bytes).await {
             Ok(library) => library,
             Err(e) => {
                 if looks_partial(&e) {
@@ -497,7 +505,7 @@ impl Supervisor {
         let bytes =
             std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let hash = content_hash(&bytes);
-        match self.loader.load_bytes(path, &bytes).await {
+        match self.load_timed(path, &bytes).await {
             Ok(library) => {
                 if self.install(path, library.clone(), hash) {
                     Ok(library)
@@ -525,7 +533,7 @@ impl Supervisor {
     ) -> Option<Instant> {
         let file = file_name(path);
         self.set_file_state(path, FileState::Loading);
-        let new = match self.loader.load_bytes(path, bytes).await {
+        let new = match self.load_timed(path, bytes).await {
             Ok(new) => new,
             Err(e) => {
                 if looks_partial(&e) {
@@ -597,6 +605,7 @@ impl Supervisor {
                 from_generation: old.generation,
                 to_generation: new.generation,
             });
+            self.board.metrics.reloaded();
             drop(new);
             self.unload_generation(old);
             if let Some(entry) = self.files.get_mut(path) {
@@ -618,6 +627,7 @@ impl Supervisor {
             generation: old.generation,
             reason: reason.clone(),
         });
+        self.board.metrics.rolled_back();
         let started: Vec<String> = self
             .containers
             .iter()

@@ -115,6 +115,9 @@ impl Supervisor {
             fastrand::f64(),
         );
         let count = container.restarts.count;
+        if decision != Decision::Stay {
+            self.board.metrics.restart(name);
+        }
         match decision {
             Decision::RestartAt(at) if at <= now => {
                 container.hold = Hold::Free;
@@ -260,6 +263,9 @@ impl Supervisor {
             return; // From an instance that is gone.
         }
         let record = report.record;
+        self.board
+            .metrics
+            .probe(record.probe, record.ok, record.duration_ms);
         if !record.ok {
             match record.probe {
                 ProbeKind::Liveness => {

@@ -1,0 +1,269 @@
+//! Prometheus metrics: the one registry of the host, and the small functions the
+//! supervisor calls to feed it. `GET /metrics` renders it.
+//!
+//! Counters and histograms are fed as things happen (loads, reloads, unloads, restarts,
+//! probe results). Gauges that mirror the status board (containers per state, libraries
+//! that could not be unloaded) are read from a board snapshot at scrape time, so they are
+//! never out of step with `GET /v1/containers`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::probes::ProbeKind;
+use crate::status::{Snapshot, State};
+
+/// Every container state, in the order `/metrics` lists them.
+const STATES: [(State, &str); 8] = [
+    (State::Waiting, "waiting"),
+    (State::Starting, "starting"),
+    (State::Running, "running"),
+    (State::Stopping, "stopping"),
+    (State::Stopped, "stopped"),
+    (State::Failed, "failed"),
+    (State::Backoff, "backoff"),
+    (State::Quarantined, "quarantined"),
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabel {
+    container: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabel {
+    probe: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeResultLabel {
+    probe: &'static str,
+    result: &'static str,
+}
+
+/// 1 ms .. ~16 s: probes have a 2 s default timeout, loads a 10 s one.
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The host's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    containers: Family<StateLabel, Gauge>,
+    not_unloaded: Gauge,
+    restarts: Family<ContainerLabel, Counter>,
+    probes: Family<ProbeResultLabel, Counter>,
+    probe_duration: Family<ProbeLabel, Histogram, fn() -> Histogram>,
+    loads: Counter,
+    load_failures: Counter,
+    load_duration: Histogram,
+    reloads: Counter,
+    rollbacks: Counter,
+    unloads: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("balut");
+        let containers = Family::<StateLabel, Gauge>::default();
+        registry.register("containers", "Containers in each state", containers.clone());
+        let not_unloaded = Gauge::default();
+        registry.register(
+            "libraries_not_unloaded",
+            "Library generations that could not be unloaded and stay mapped",
+            not_unloaded.clone(),
+        );
+        let restarts = Family::<ContainerLabel, Counter>::default();
+        registry.register(
+            "container_restarts",
+            "Restarts the restart policy decided, per container (immediate, after a backoff or a quarantine)",
+            restarts.clone(),
+        );
+        let probes = Family::<ProbeResultLabel, Counter>::default();
+        registry.register(
+            "probes",
+            "Probe results per probe kind and result (ok, failed)",
+            probes.clone(),
+        );
+        let probe_duration: Family<ProbeLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_buckets);
+        registry.register_with_unit(
+            "probe_duration",
+            "How long probes took, per probe kind",
+            Unit::Seconds,
+            probe_duration.clone(),
+        );
+        let loads = Counter::default();
+        registry.register(
+            "library_loads",
+            "Plugin libraries loaded (a new generation in memory)",
+            loads.clone(),
+        );
+        let load_failures = Counter::default();
+        registry.register(
+            "library_load_failures",
+            "Plugin file loads that failed (refused, broken, timed out)",
+            load_failures.clone(),
+        );
+        let load_duration = duration_buckets();
+        registry.register_with_unit(
+            "library_load_duration",
+            "How long loading a plugin file took (check, copy, open), successful or not",
+            Unit::Seconds,
+            load_duration.clone(),
+        );
+        let reloads = Counter::default();
+        registry.register(
+            "plugin_reloads",
+            "Plugin files whose containers moved to a new generation",
+            reloads.clone(),
+        );
+        let rollbacks = Counter::default();
+        registry.register(
+            "plugin_rollbacks",
+            "Reloads rolled back because the new generation's containers did not start",
+            rollbacks.clone(),
+        );
+        let unloads = Counter::default();
+        registry.register(
+            "library_unloads",
+            "Library generations unloaded (dlclosed)",
+            unloads.clone(),
+        );
+        Self {
+            registry,
+            containers,
+            not_unloaded,
+            restarts,
+            probes,
+            probe_duration,
+            loads,
+            load_failures,
+            load_duration,
+            reloads,
+            rollbacks,
+            unloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// A load attempt of a plugin file ended after `took`.
+    pub fn load(&self, ok: bool, took: Duration) {
+        if ok {
+            self.loads.inc();
+        } else {
+            self.load_failures.inc();
+        }
+        self.load_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.inc();
+    }
+
+    pub fn rolled_back(&self) {
+        self.rollbacks.inc();
+    }
+
+    pub fn unloaded(&self) {
+        self.unloads.inc();
+    }
+
+    /// A container is known: its restart counter shows from 0.
+    pub fn container_registered(&self, container: &str) {
+        drop(self.restarts.get_or_create(&ContainerLabel {
+            container: container.to_owned(),
+        }));
+    }
+
+    /// The restart policy decided to restart `container`.
+    pub fn restart(&self, container: &str) {
+        self.restarts
+            .get_or_create(&ContainerLabel {
+                container: container.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A probe result; `duration_ms` as the probe record has it.
+    pub fn probe(&self, probe: ProbeKind, ok: bool, duration_ms: f64) {
+        let probe = match probe {
+            ProbeKind::Liveness => "liveness",
+            ProbeKind::Readiness => "readiness",
+        };
+        let result = if ok { "ok" } else { "failed" };
+        self.probes
+            .get_or_create(&ProbeResultLabel { probe, result })
+            .inc();
+        self.probe_duration
+            .get_or_create(&ProbeLabel { probe })
+            .observe(duration_ms.max(0.0) / 1000.0);
+    }
+
+    /// The registry in the Prometheus text format, with the board's gauges as of
+    /// `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
+        for (state, label) in STATES {
+            let count = snapshot
+                .containers
+                .iter()
+                .filter(|c| c.state == state)
+                .count();
+            self.containers
+                .get_or_create(&StateLabel { state: label })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.not_unloaded
+            .set(i64::try_from(snapshot.not_unloaded.len()).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_state_and_what_was_fed() {
+        let metrics = Metrics::default();
+        metrics.load(true, Duration::from_millis(12));
+        metrics.load(false, Duration::from_millis(1));
+        metrics.restart("web");
+        metrics.probe(ProbeKind::Liveness, true, 0.5);
+        let text = metrics.render(&Snapshot::default()).unwrap();
+        for state in STATES.map(|(_, label)| label) {
+            assert!(
+                text.contains(&format!("balut_containers{{state=\"{state}\"}} 0")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("balut_library_loads_total 1"), "{text}");
+        assert!(
+            text.contains("balut_library_load_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("balut_container_restarts_total{container=\"web\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("balut_probe_duration_seconds_count{probe=\"liveness\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("balut_libraries_not_unloaded 0"), "{text}");
+    }
+}

@@ -1,11 +1,12 @@
 //! The HTTP API: status reads from the [`Board`], control requests go to the supervisor.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -30,6 +31,8 @@ struct AppState {
     supervisor: SupervisorHandle,
     /// Mutating requests must bring it as `Authorization: Bearer TOKEN` when set.
     token: Option<Arc<str>>,
+    /// The last rendering of the container list and the board version it shows.
+    list_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
 }
 
 /// The routes under `/v1`, `/healthz` and `/readyz`, plus JSON 404s for everything else.
@@ -38,6 +41,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
         board,
         supervisor,
         token: token.map(Arc::from),
+        list_cache: Arc::default(),
     };
     let control = Router::new()
         .route("/v1/containers/{name}/start", post(start_container))
@@ -98,15 +102,40 @@ fn json_bytes(value: &impl serde::Serialize) -> Response {
     }
 }
 
+/// `GET /v1/containers`, served from a rendering cached until the board changes: under
+/// load most requests then cost a reference-count increment, not a serialization.
 async fn list_containers(State(app): State<AppState>) -> Response {
     #[derive(serde::Serialize)]
     struct List<'a> {
         containers: &'a [crate::status::ContainerStatus],
     }
-    let board = app.board.read();
-    json_bytes(&List {
+    let json = |body: Bytes| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    {
+        let (version, _board) = app.board.read_versioned();
+        let cache = app
+            .list_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, body)) = cache.as_ref().filter(|(v, _)| *v == version) {
+            return json(body.clone());
+        }
+    }
+    let (version, board) = app.board.read_versioned();
+    match serde_json::to_vec(&List {
         containers: &board.containers,
-    })
+    }) {
+        Ok(body) => {
+            let body = Bytes::from(body);
+            *app.list_cache
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some((version, body.clone()));
+            json(body)
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("serializing the status: {e}"),
+        ),
+    }
 }
 
 async fn get_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {

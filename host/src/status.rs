@@ -151,6 +151,8 @@ pub struct Board {
     pub events: Arc<crate::events::EventLog>,
     /// Set once the first scan loaded, registered and started everything.
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by every write, so readers can tell a cached rendering is still current.
+    version: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -171,7 +173,20 @@ impl Board {
     }
 
     pub fn write(&self) -> RwLockWriteGuard<'_, Snapshot> {
-        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+        let guard = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        guard
+    }
+
+    /// Reads the snapshot with its version (the number of writes so far): the same version
+    /// means the same content.
+    pub fn read_versioned(&self) -> (u64, RwLockReadGuard<'_, Snapshot>) {
+        let guard = self.read();
+        (
+            self.version.load(std::sync::atomic::Ordering::SeqCst),
+            guard,
+        )
     }
 
     /// Applies `f` to the named container's status, if it exists.

@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// environment variable). Required when listening beyond loopback.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Also serve the API on this Unix socket (mode 0600: only this user may connect; no
+    /// token is asked there).
+    #[arg(long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

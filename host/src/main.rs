@@ -84,6 +84,7 @@ struct Resolved {
     settings: Settings,
     listen: std::net::SocketAddr,
     token: Option<String>,
+    unix_socket: Option<PathBuf>,
 }
 
 fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
@@ -130,6 +131,7 @@ fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
         },
         listen,
         token,
+        unix_socket: args.unix_socket.clone(),
     })
 }
 
@@ -168,6 +170,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         settings,
         listen,
         token,
+        unix_socket,
     } = resolved;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -191,16 +194,31 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
     let handle = supervisor.handle();
     info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
 
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The Unix socket, when asked for: its file mode (0600) is the guard, so no token.
+    let unix = match &unix_socket {
+        Some(path) => Some((bind_unix_socket(path)?, path.clone())),
+        None => None,
+    };
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let app = api::router(board.clone(), handle.clone(), token);
-    let http = tokio::spawn(async move {
+    let http = tokio::spawn(
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await
-    });
+            .with_graceful_shutdown(stopped(http_stopped.clone()))
+            .into_future(),
+    );
     info!(%addr, "http api listening");
+    let unix_http = unix.map(|(listener, path)| {
+        info!(path = %path.display(), "http api listening on a unix socket");
+        let app = api::router(board.clone(), handle.clone(), None);
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(http_stopped.clone()))
+                .into_future(),
+        )
+    });
 
     let notifier = match sdnotify::Notifier::from_env() {
         Ok(notifier) => notifier,
@@ -251,8 +269,14 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         _ = sigint.recv() => force_exit(&private_dir),
     };
     let _ = supervisor_task.await;
-    let _ = stop_http.send(());
+    let _ = stop_http.send(true);
     let _ = http.await;
+    if let Some(unix_http) = unix_http {
+        let _ = unix_http.await;
+    }
+    if let Some(path) = &unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(task) = notify_task {
         task.abort();
     }
@@ -266,6 +290,27 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         );
     }
     Ok(clean)
+}
+
+/// Binds the API's Unix socket with mode 0600 (owner only). A stale socket left by a
+/// previous run is replaced; any other file there is an error.
+fn bind_unix_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the unix socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
 }
 
 fn force_exit(private_dir: &std::path::Path) -> ! {

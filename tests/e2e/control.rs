@@ -485,3 +485,70 @@ fn balut_ctl_controls_a_host_and_exits_0_or_1() {
     assert!(out.stderr.contains("no balut host"), "{out:?}");
     terminate_cleanly(host);
 }
+
+/// One HTTP/1.1 request over a Unix socket; the status code and the body.
+fn unix_request(socket: &std::path::Path, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: balut\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn the_unix_socket_is_owner_only_and_needs_no_token() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let (dir, token_file) = setup(&chaos_entry("a", ""));
+    let socket = dir.path().join("balut.sock");
+    let args = with_args(
+        &dir,
+        &[
+            &OsString::from("--token-file"),
+            &token_file.clone().into_os_string(),
+            &OsString::from("--unix-socket"),
+            &socket.clone().into_os_string(),
+        ],
+    );
+    let mut host = Host::spawn_with(args, Some(dir.tmp()), &[]);
+    wait_ready(&host, "a");
+    let meta = std::fs::symlink_metadata(&socket).expect("the socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "owner only");
+
+    // Over TCP the token is required; over the socket the file mode is the guard.
+    let (status, _) = host.post("/v1/containers/a/stop");
+    assert_eq!(status, 401);
+    let (status, body) = unix_request(&socket, "POST", "/v1/containers/a/stop");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"state\":\"stopped\""), "{body}");
+    let (status, body) = unix_request(&socket, "GET", "/v1/containers/a");
+    assert_eq!(status, 200, "{body}");
+    host.wait_state("a", "stopped", STATE_TIMEOUT);
+
+    host.signal(Signal::SIGTERM);
+    assert_eq!(
+        host.wait_exit(balut_tests::EXIT_TIMEOUT).code(),
+        Some(0),
+        "{}",
+        host.logs()
+    );
+    assert!(!socket.exists(), "the socket is removed on exit");
+}

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod events;
 mod loader;
+mod logging;
 mod metrics;
 mod probes;
 mod restart;
@@ -16,7 +17,6 @@ mod supervisor;
 mod trust;
 mod watcher;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Command::Run(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    init_logging(format);
+    logging::init(format);
     let client_result = |what: &str, result: anyhow::Result<()>| match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -62,19 +62,6 @@ fn main() -> ExitCode {
         },
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(ansi).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -104,6 +104,18 @@ fn format_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> String {
     out
 }
 
+/// Plugin fields as one JSON object text, or `None` when there are none.
+fn json_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> Option<String> {
+    if fields.is_empty() {
+        return None;
+    }
+    let object: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|Tuple2(key, value)| (key.as_str().to_owned(), value.as_str().into()))
+        .collect();
+    Some(serde_json::Value::Object(object).to_string())
+}
+
 impl FfiHost for HostServices {
     fn log(
         &self,
@@ -113,11 +125,27 @@ impl FfiHost for HostServices {
     ) {
         let container = &*self.container;
         let generation = self.generation;
-        let fields = format_fields(fields);
         let message = message.as_str();
+        // Text: `message key=value ...`; JSON: the fields as keys of the line (logging.rs).
+        let (text_fields, json_fields) = if crate::logging::is_json() {
+            (String::new(), json_fields(fields))
+        } else {
+            (format_fields(fields), None)
+        };
         macro_rules! emit {
             ($level:expr) => {
-                tracing::event!(target: "plugin", $level, container = %container, generation, "{message}{fields}")
+                match &json_fields {
+                    Some(plugin_fields) => tracing::event!(
+                        target: "plugin", $level,
+                        container = %container, generation, plugin_fields = %plugin_fields,
+                        "{message}"
+                    ),
+                    None => tracing::event!(
+                        target: "plugin", $level,
+                        container = %container, generation,
+                        "{message}{text_fields}"
+                    ),
+                }
             };
         }
         match level {

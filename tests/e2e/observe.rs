@@ -551,5 +551,17 @@ fn json_log_lines_parse_and_carry_the_container() {
             .any(|j| j["message"] == "http api listening" && j["addr"].is_string()),
         "{parsed:#?}"
     );
+    // A plugin's own fields are keys of its lines: chaos logs "created" with `config`.
+    let created = parsed
+        .iter()
+        .find(|j| j["message"] == "created" && j["container"] == "a")
+        .unwrap_or_else(|| panic!("no `created` line from chaos: {parsed:#?}"));
+    assert!(
+        created["config"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Config")),
+        "the plugin's `config` field as a key: {created}"
+    );
+    assert!(created.get("plugin_fields").is_none(), "{created}");
     terminate_cleanly(host);
 }

@@ -154,7 +154,7 @@ impl Supervisor {
             history: Vec::new(),
         });
         self.board.metrics.container_registered(name);
-        info!(container = %name, plugin = %plugin, "container registered");
+        info!(container = %name, generation = %self.generation_of(&name), plugin = %plugin, "container registered");
     }
 
     /// Forgets container `index` (it must not be live).
@@ -210,8 +210,17 @@ impl Supervisor {
         }
     }
 
+    /// The generation of the library a container's instance comes (or last came) from, for
+    /// log lines: every line about a container carries its name and generation.
+    pub(super) fn generation_of(&self, name: &str) -> String {
+        self.board
+            .container(name)
+            .and_then(|c| c.generation)
+            .map_or_else(|| "-".to_owned(), |g| g.to_string())
+    }
+
     pub(super) fn fail(&self, name: &str, error: String) {
-        error!(container = %name, error = %error, "container failed");
+        error!(container = %name, generation = %self.generation_of(&name), error = %error, "container failed");
         self.set_state(name, State::Failed, Some(error));
     }
 
@@ -258,7 +267,7 @@ impl Supervisor {
             let plugin = container.plugin.clone();
             let (config_json, timeout) = (container.config_json.clone(), container.start_timeout);
             self.set_state(&name, State::Starting, None);
-            info!(container = %name, "container starting");
+            info!(container = %name, generation = %self.generation_of(&name), "container starting");
             let library = match self.library_for(&plugin).await {
                 Ok(library) => library,
                 Err(message) => {
@@ -412,11 +421,11 @@ impl Supervisor {
         };
         let name = self.containers[index].name.clone();
         self.set_state(&name, State::Stopping, None);
-        info!(container = %name, "container stopping");
+        info!(container = %name, generation = %self.generation_of(&name), "container stopping");
         match self.teardown_with(index, instance, true, timeout).await {
             Ok(()) => {
                 self.set_state(&name, State::Stopped, None);
-                info!(container = %name, "container stopped");
+                info!(container = %name, generation = %self.generation_of(&name), "container stopped");
                 Ok(())
             }
             Err(message) => {
@@ -433,7 +442,7 @@ impl Supervisor {
             .await
         {
             let name = self.containers[index].name.clone();
-            warn!(container = %name, error = %message, "cleaning up after a failure");
+            warn!(container = %name, generation = %self.generation_of(&name), error = %message, "cleaning up after a failure");
         }
     }
 
@@ -599,7 +608,7 @@ impl Supervisor {
         }
         report.not_unloaded = self.board.read().not_unloaded.clone();
         for (name, reason) in &report.failures {
-            warn!(container = %name, reason = %reason, "did not stop cleanly");
+            warn!(container = %name, generation = %self.generation_of(&name), reason = %reason, "did not stop cleanly");
         }
         report
     }

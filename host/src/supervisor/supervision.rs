@@ -86,7 +86,7 @@ impl Supervisor {
         let changed = current
             .is_none_or(|s| s.state != State::Waiting || s.last_error.as_deref() != Some(&reason));
         if changed {
-            info!(container = %name, reason = %reason, "container waiting");
+            info!(container = %name, generation = %self.generation_of(&name), reason = %reason, "container waiting");
             self.set_state(name, State::Waiting, Some(reason));
         }
     }
@@ -121,19 +121,19 @@ impl Supervisor {
         match decision {
             Decision::RestartAt(at) if at <= now => {
                 container.hold = Hold::Free;
-                info!(container = %name, restarts = count, "restarting at once");
+                info!(container = %name, generation = %self.generation_of(&name), restarts = count, "restarting at once");
             }
             Decision::RestartAt(at) => {
                 container.hold = Hold::Until(at);
                 let delay_ms = at.duration_since(now).as_millis() as u64;
-                info!(container = %name, restarts = count, delay_ms, "restarting after a backoff");
+                info!(container = %name, generation = %self.generation_of(&name), restarts = count, delay_ms, "restarting after a backoff");
                 self.show_retry(name, State::Backoff, at);
             }
             Decision::QuarantineUntil(at) => {
                 container.hold = Hold::Until(at);
                 let max = container.backoff.max_restarts;
                 let window_s = container.backoff.window.as_secs();
-                warn!(container = %name, max, window_s, "too many restarts: quarantined");
+                warn!(container = %name, generation = %self.generation_of(&name), max, window_s, "too many restarts: quarantined");
                 self.show_retry(name, State::Quarantined, at);
             }
             Decision::Stay => container.hold = Hold::Failed,
@@ -168,7 +168,7 @@ impl Supervisor {
             }
             let name = self.containers[i].name.clone();
             let reason = format!("requires {root}, which {what}");
-            info!(container = %name, reason = %reason, "stopping a dependent");
+            info!(container = %name, generation = %self.generation_of(&name), reason = %reason, "stopping a dependent");
             let timeout = self.containers[i].stop_timeout;
             if self.stop_container(i, timeout).await.is_ok() {
                 self.set_state(&name, State::Waiting, Some(reason));
@@ -238,7 +238,7 @@ impl Supervisor {
     /// container if it runs, and starts it.
     pub(super) async fn restart_by_hand(&mut self, index: usize) {
         let name = self.containers[index].name.clone();
-        info!(container = %name, "restart requested");
+        info!(container = %name, generation = %self.generation_of(&name), "restart requested");
         self.containers[index].restarts.clear();
         self.containers[index].wanted = true;
         self.board.update_container(&name, |s| s.restarts = 0);
@@ -269,10 +269,10 @@ impl Supervisor {
         if !record.ok {
             match record.probe {
                 ProbeKind::Liveness => {
-                    warn!(container = %name, reason = %record.message, "health check failed")
+                    warn!(container = %name, generation = %self.generation_of(&name), reason = %record.message, "health check failed")
                 }
                 ProbeKind::Readiness => {
-                    warn!(container = %name, reason = %record.message, "readiness check failed")
+                    warn!(container = %name, generation = %self.generation_of(&name), reason = %record.message, "readiness check failed")
                 }
             }
         }
@@ -352,7 +352,7 @@ impl Supervisor {
             container.restarts.on_not_ready(&container.backoff, now);
         }
         let name = container.name.clone();
-        info!(container = %name, ready, "readiness changed");
+        info!(container = %name, generation = %self.generation_of(&name), ready, "readiness changed");
         self.board.update_container(&name, |s| s.ready = ready);
         self.board.events.publish(EventKind::Readiness {
             container: name,

@@ -154,7 +154,7 @@ impl Supervisor {
             history: Vec::new(),
         });
         self.board.metrics.container_registered(name);
-        info!(container = %name, generation = %self.generation_of(&name), plugin = %plugin, "container registered");
+        info!(container = %name, generation = %self.generation_of(name), plugin = %plugin, "container registered");
     }
 
     /// Forgets container `index` (it must not be live).
@@ -220,7 +220,7 @@ impl Supervisor {
     }
 
     pub(super) fn fail(&self, name: &str, error: String) {
-        error!(container = %name, generation = %self.generation_of(&name), error = %error, "container failed");
+        error!(container = %name, generation = %self.generation_of(name), error = %error, "container failed");
         self.set_state(name, State::Failed, Some(error));
     }
 
@@ -608,7 +608,7 @@ impl Supervisor {
         }
         report.not_unloaded = self.board.read().not_unloaded.clone();
         for (name, reason) in &report.failures {
-            warn!(container = %name, generation = %self.generation_of(&name), reason = %reason, "did not stop cleanly");
+            warn!(container = %name, generation = %self.generation_of(name), reason = %reason, "did not stop cleanly");
         }
         report
     }

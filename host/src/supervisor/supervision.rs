@@ -86,7 +86,7 @@ impl Supervisor {
         let changed = current
             .is_none_or(|s| s.state != State::Waiting || s.last_error.as_deref() != Some(&reason));
         if changed {
-            info!(container = %name, generation = %self.generation_of(&name), reason = %reason, "container waiting");
+            info!(container = %name, generation = %self.generation_of(name), reason = %reason, "container waiting");
             self.set_state(name, State::Waiting, Some(reason));
         }
     }
@@ -121,19 +121,19 @@ impl Supervisor {
         match decision {
             Decision::RestartAt(at) if at <= now => {
                 container.hold = Hold::Free;
-                info!(container = %name, generation = %self.generation_of(&name), restarts = count, "restarting at once");
+                info!(container = %name, generation = %self.generation_of(name), restarts = count, "restarting at once");
             }
             Decision::RestartAt(at) => {
                 container.hold = Hold::Until(at);
                 let delay_ms = at.duration_since(now).as_millis() as u64;
-                info!(container = %name, generation = %self.generation_of(&name), restarts = count, delay_ms, "restarting after a backoff");
+                info!(container = %name, generation = %self.generation_of(name), restarts = count, delay_ms, "restarting after a backoff");
                 self.show_retry(name, State::Backoff, at);
             }
             Decision::QuarantineUntil(at) => {
                 container.hold = Hold::Until(at);
                 let max = container.backoff.max_restarts;
                 let window_s = container.backoff.window.as_secs();
-                warn!(container = %name, generation = %self.generation_of(&name), max, window_s, "too many restarts: quarantined");
+                warn!(container = %name, generation = %self.generation_of(name), max, window_s, "too many restarts: quarantined");
                 self.show_retry(name, State::Quarantined, at);
             }
             Decision::Stay => container.hold = Hold::Failed,
@@ -269,10 +269,10 @@ impl Supervisor {
         if !record.ok {
             match record.probe {
                 ProbeKind::Liveness => {
-                    warn!(container = %name, generation = %self.generation_of(&name), reason = %record.message, "health check failed")
+                    warn!(container = %name, generation = %self.generation_of(name), reason = %record.message, "health check failed")
                 }
                 ProbeKind::Readiness => {
-                    warn!(container = %name, generation = %self.generation_of(&name), reason = %record.message, "readiness check failed")
+                    warn!(container = %name, generation = %self.generation_of(name), reason = %record.message, "readiness check failed")
                 }
             }
         }

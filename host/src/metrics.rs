@@ -70,7 +70,11 @@ pub struct Metrics {
     load_duration: Histogram,
     reloads: Counter,
     rollbacks: Counter,
+    /// From new content seen to its containers running (or rolled back).
+    reload_duration: Histogram,
     unloads: Counter,
+    /// Stopping nothing: closing the library, deleting its copy, checking the maps.
+    unload_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -135,11 +139,25 @@ impl Default for Metrics {
             "Reloads rolled back because the new generation's containers did not start",
             rollbacks.clone(),
         );
+        let reload_duration = duration_buckets();
+        registry.register_with_unit(
+            "plugin_reload_duration",
+            "How long a reload took, from loading the new generation to its containers running or the rollback",
+            Unit::Seconds,
+            reload_duration.clone(),
+        );
         let unloads = Counter::default();
         registry.register(
             "library_unloads",
             "Library generations unloaded (dlclosed)",
             unloads.clone(),
+        );
+        let unload_duration = duration_buckets();
+        registry.register_with_unit(
+            "library_unload_duration",
+            "How long unloading a library took (close, delete the copy, check the maps)",
+            Unit::Seconds,
+            unload_duration.clone(),
         );
         Self {
             registry,
@@ -153,7 +171,9 @@ impl Default for Metrics {
             load_duration,
             reloads,
             rollbacks,
+            reload_duration,
             unloads,
+            unload_duration,
         }
     }
 }
@@ -169,16 +189,22 @@ impl Metrics {
         self.load_duration.observe(took.as_secs_f64());
     }
 
-    pub fn reloaded(&self) {
+    /// A reload ended after `took`, with the new generation running.
+    pub fn reloaded(&self, took: Duration) {
         self.reloads.inc();
+        self.reload_duration.observe(took.as_secs_f64());
     }
 
-    pub fn rolled_back(&self) {
+    /// A reload ended after `took`, rolled back to the old generation.
+    pub fn rolled_back(&self, took: Duration) {
         self.rollbacks.inc();
+        self.reload_duration.observe(took.as_secs_f64());
     }
 
-    pub fn unloaded(&self) {
+    /// A library was unloaded in `took`.
+    pub fn unloaded(&self, took: Duration) {
         self.unloads.inc();
+        self.unload_duration.observe(took.as_secs_f64());
     }
 
     /// A container is known: its restart counter shows from 0.

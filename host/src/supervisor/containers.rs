@@ -542,6 +542,7 @@ impl Supervisor {
             library.copy.clone(),
             library.info.name.clone(),
         );
+        let began = std::time::Instant::now();
         let report = match library.unload() {
             Ok(report) => report,
             Err(held) => {
@@ -561,7 +562,7 @@ impl Supervisor {
             generation,
             mapped: report.still_mapped,
         });
-        self.board.metrics.unloaded();
+        self.board.metrics.unloaded(began.elapsed());
         if report.still_mapped {
             let reason =
                 "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";

@@ -532,6 +532,7 @@ impl Supervisor {
         meta: &Metadata,
     ) -> Option<Instant> {
         let file = file_name(path);
+        let began = std::time::Instant::now();
         self.set_file_state(path, FileState::Loading);
         let new = match self.load_timed(path, bytes).await {
             Ok(new) => new,
@@ -605,7 +606,7 @@ impl Supervisor {
                 from_generation: old.generation,
                 to_generation: new.generation,
             });
-            self.board.metrics.reloaded();
+            self.board.metrics.reloaded(began.elapsed());
             drop(new);
             self.unload_generation(old);
             if let Some(entry) = self.files.get_mut(path) {
@@ -627,7 +628,7 @@ impl Supervisor {
             generation: old.generation,
             reason: reason.clone(),
         });
-        self.board.metrics.rolled_back();
+        self.board.metrics.rolled_back(began.elapsed());
         let started: Vec<String> = self
             .containers
             .iter()

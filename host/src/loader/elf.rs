@@ -47,8 +47,11 @@ pub fn inspect(data: &[u8]) -> Result<PluginDeclaration, ElfProblem> {
         return Err(ElfProblem::NotElf);
     }
     // e_ident[EI_CLASS], byte 4: 1 = 32-bit, 2 = 64-bit.
-    if data.get(4) != Some(&elf::ELFCLASS64.0) {
-        let class = if data.get(4) == Some(&elf::ELFCLASS32.0) {
+    let Some(&class) = data.get(4) else {
+        return Err(ElfProblem::Truncated("ELF header: no class byte".into()));
+    };
+    if class != elf::ELFCLASS64.0 {
+        let class = if class == elf::ELFCLASS32.0 {
             "32-bit"
         } else {
             "unknown class"
@@ -230,5 +233,102 @@ mod tests {
             check_whole(cut, header, endian),
             Err(ElfProblem::Truncated(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::{Mutex, OnceLock};
+
+    /// The test binary, read once: it is tens of megabytes, so cases slice it or flip
+    /// bytes in place and put them back rather than copy it.
+    fn own_executable() -> &'static Mutex<Vec<u8>> {
+        static DATA: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+        DATA.get_or_init(|| Mutex::new(std::fs::read(std::env::current_exe().unwrap()).unwrap()))
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 256,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Every cut inside the headers, not left to chance: a cut right after the magic
+    /// number used to be reported as a wrong architecture (an unknown ELF class).
+    #[test]
+    fn every_cut_near_the_start_is_truncated() {
+        let data = own_executable().lock().unwrap_or_else(|e| e.into_inner());
+        let whole = inspect(&data);
+        let executable = matches!(whole, Err(ElfProblem::NotSharedObject(_)));
+        for cut in 0..4096.min(data.len()) {
+            let result = inspect(&data[..cut]);
+            assert!(
+                matches!(result, Err(ElfProblem::Truncated(_) | ElfProblem::NotElf))
+                    || (executable && cut >= 64 && result == whole),
+                "cut at {cut}: {result:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn arbitrary_bytes_are_refused(data in prop::collection::vec(any::<u8>(), 0..4096)) {
+            prop_assert!(inspect(&data).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_elf_magic_are_refused(
+            class in prop_oneof![Just(elf::ELFCLASS64.0), any::<u8>()],
+            rest in prop::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let mut data = elf::ELFMAG.to_vec();
+            data.push(class);
+            data.extend(rest);
+            prop_assert!(inspect(&data).is_err());
+        }
+
+        #[test]
+        fn truncated_elf_is_truncated(cut in any::<prop::sample::Index>()) {
+            let data = own_executable().lock().unwrap_or_else(|e| e.into_inner());
+            // Cuts near the start are where the header checks are, so half the cases
+            // land in the first 4 KiB.
+            let len = if cut.index(2) == 0 { data.len().min(4096) } else { data.len() };
+            let cut = cut.index(len);
+            let whole = inspect(&data);
+            let result = inspect(&data[..cut]);
+            // A non-PIE test binary is an executable: that is found from the header,
+            // before the file is checked for being whole.
+            let executable = matches!(whole, Err(ElfProblem::NotSharedObject(_)));
+            prop_assert!(
+                matches!(result, Err(ElfProblem::Truncated(_) | ElfProblem::NotElf))
+                    || (executable && cut >= 64 && result == whole),
+                "cut at {cut} of {}: {result:?}",
+                data.len()
+            );
+        }
+
+        #[test]
+        fn elf_with_flipped_header_bytes_is_refused(
+            flips in prop::collection::vec((0..4096usize, 1..=255u8), 1..8),
+        ) {
+            let mut data = own_executable().lock().unwrap_or_else(|e| e.into_inner());
+            let mut saved = Vec::with_capacity(flips.len());
+            for &(at, mask) in &flips {
+                saved.push((at, data[at]));
+                data[at] ^= mask;
+            }
+            let result = inspect(&data);
+            // Put the bytes back, last flip first, before any assertion can fail.
+            for &(at, byte) in saved.iter().rev() {
+                data[at] = byte;
+            }
+            prop_assert!(result.is_err(), "{flips:?}: {result:?}");
+        }
     }
 }

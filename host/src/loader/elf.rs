@@ -164,8 +164,9 @@ fn find_declaration(data: &[u8]) -> Result<PluginDeclaration, ElfProblem> {
         .checked_sub(section.address())
         .and_then(|offset| usize::try_from(offset).ok())
         .ok_or_else(|| bad("lies outside its section"))?;
-    let bytes = bytes
-        .get(start..start + DECLARATION_SIZE)
+    let bytes = start
+        .checked_add(DECLARATION_SIZE)
+        .and_then(|end| bytes.get(start..end))
         .ok_or_else(|| bad("lies outside its section"))?;
     PluginDeclaration::from_le_bytes(bytes).map_err(|e| bad(&e.to_string()))
 }

@@ -741,30 +741,11 @@ impl Host {
         if let Some(tmp) = tmpdir {
             cmd.env("TMPDIR", tmp);
         }
-        let desc = format!("{cmd:?}");
-        eprintln!("[harness] spawn {desc}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-        let pid = child.id();
-        let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
-        let readers = vec![
-            collect_lines(
-                child.stdout.take().expect("stdout is piped"),
-                "stdout",
-                pid,
-                lines.clone(),
-            ),
-            collect_lines(
-                child.stderr.take().expect("stderr is piped"),
-                "stderr",
-                pid,
-                lines.clone(),
-            ),
-        ];
+        let Spawned {
+            child,
+            lines,
+            readers,
+        } = spawn_collecting(cmd);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))
@@ -1237,6 +1218,46 @@ impl Drop for Host {
     }
 }
 
+/// A started process whose stdout and stderr lines are being collected.
+struct Spawned {
+    child: Child,
+    lines: Arc<Mutex<Vec<LogLine>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// Starts `cmd` with piped output and a reader thread per stream collecting its lines.
+fn spawn_collecting(mut cmd: Command) -> Spawned {
+    let desc = format!("{cmd:?}");
+    eprintln!("[harness] spawn {desc}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let pid = child.id();
+    let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
+    let readers = vec![
+        collect_lines(
+            child.stdout.take().expect("stdout is piped"),
+            "stdout",
+            pid,
+            lines.clone(),
+        ),
+        collect_lines(
+            child.stderr.take().expect("stderr is piped"),
+            "stderr",
+            pid,
+            lines.clone(),
+        ),
+    ];
+    Spawned {
+        child,
+        lines,
+        readers,
+    }
+}
+
 fn collect_lines(
     stream: impl Read + Send + 'static,
     name: &'static str,
@@ -1588,30 +1609,11 @@ impl BalutProcess {
     {
         let mut cmd = balut_command();
         cmd.args(args);
-        let desc = format!("{cmd:?}");
-        eprintln!("[harness] spawn {desc}");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-        let pid = child.id();
-        let lines: Arc<Mutex<Vec<LogLine>>> = Arc::default();
-        let readers = vec![
-            collect_lines(
-                child.stdout.take().expect("stdout is piped"),
-                "stdout",
-                pid,
-                lines.clone(),
-            ),
-            collect_lines(
-                child.stderr.take().expect("stderr is piped"),
-                "stderr",
-                pid,
-                lines.clone(),
-            ),
-        ];
+        let Spawned {
+            child,
+            lines,
+            readers,
+        } = spawn_collecting(cmd);
         BalutProcess {
             child,
             lines,

@@ -14,6 +14,7 @@ mod metrics;
 mod observe;
 mod run;
 mod sdnotify;
+mod soak;
 mod status;
 mod supervise;
 mod trust;

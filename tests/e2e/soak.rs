@@ -1,0 +1,537 @@
+//! Soak test for issue 6: 1,000 random adds, replaces and removes of plugin files at about 20
+//! a second (about 50 s), while one thread polls the API and another reads the event stream.
+//! Afterwards the host must match the folder, hold exactly the copies it uses and have
+//! unmapped every generation it dropped.
+//!
+//! Ignored by default; run it with
+//! `cargo test -p balut-tests --test e2e -- --ignored soak`.
+//! `BALUT_SOAK_SEED` replays another sequence, `BALUT_SOAK_CHANGES` sets the number of changes.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use balut_tests::{
+    EventStream, Host, Lib, PluginDir, Put, STATE_TIMEOUT, file_sha12, http_get, lib_bytes, sha12,
+    versioned_bytes,
+};
+use serde_json::Value;
+
+use crate::{echo_entry, terminate_cleanly, ticker_entry};
+
+/// Changes per second the churn aims at.
+const RATE: u32 = 20;
+
+/// What a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    /// Version `n` of a good plugin.
+    Good(Lib, u64),
+    /// Not an ELF file.
+    NotElf(u64),
+    /// A cut-off prefix of a library.
+    Truncated(Lib, u64),
+    /// Version `n` of a library the host refuses (wrong interface, no export, a constructor
+    /// that panics).
+    Refused(Lib, u64),
+    /// The chaos version whose start fails (rolled back to the running generation).
+    BrokenStart(u64),
+}
+
+impl Content {
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            Content::Good(lib, n) | Content::Refused(lib, n) => versioned_bytes(lib, n),
+            Content::BrokenStart(n) => versioned_bytes(Lib::BrokenStart, n),
+            Content::NotElf(n) => format!("this is not a plugin, take {n}\n")
+                .repeat(64)
+                .into_bytes(),
+            Content::Truncated(lib, n) => {
+                let bytes = lib_bytes(lib);
+                let len = bytes.len() / 2 + usize::try_from(n % 1000).expect("small") * 64;
+                bytes[..len].to_vec()
+            }
+        }
+    }
+
+    /// The error kind the host reports for this content (`None`: it loads).
+    fn error_kind(self) -> Option<&'static str> {
+        match self {
+            Content::Good(..) | Content::BrokenStart(_) => None,
+            Content::NotElf(_) => Some("not_elf"),
+            Content::Truncated(..) => Some("truncated"),
+            Content::Refused(Lib::WrongInterface, _) => Some("interface_mismatch"),
+            Content::Refused(Lib::PanicNew, _) => Some("constructor_panicked"),
+            Content::Refused(..) => Some("missing_export"),
+        }
+    }
+}
+
+const SLOTS: usize = 10;
+
+/// One file per plugin name (two files of one plugin would be a `duplicate_plugin` error).
+const FILES: [&str; SLOTS] = [
+    "libchaos.so",
+    "libhttp_echo.so",
+    "libticker.so",
+    "libpanic.so",
+    "libwrong.so",
+    "libnoexport.so",
+    "junk.so",
+    "libcut.so",
+    "libmix.so",
+    "notes.so",
+];
+
+/// Whether the slot's plugin runs as a default instance (no config entry names it): its
+/// container goes away with its file.
+fn default_instance(slot: usize) -> bool {
+    slot == 0 || slot == 3
+}
+
+/// The containers of the good plugin a slot can hold.
+fn containers_of(slot: usize) -> &'static [&'static str] {
+    match slot {
+        0 => &["chaos"],
+        1 => &["web"],
+        2 => &["ticker"],
+        3 => &["panic-new"],
+        _ => &[],
+    }
+}
+
+/// A new content for `slot`; `pick` chooses among the slot's kinds, `n` is unique.
+fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content {
+    match slot {
+        0 => match pick % 6 {
+            0 => Content::NotElf(n),
+            1 if broken_allowed => Content::BrokenStart(n),
+            _ => Content::Good(Lib::Chaos, n),
+        },
+        1 => match pick % 6 {
+            0 => Content::Truncated(Lib::HttpEcho, n),
+            _ => Content::Good(Lib::HttpEcho, n),
+        },
+        2 => match pick % 8 {
+            0 => Content::Refused(Lib::NoExport, n),
+            _ => Content::Good(Lib::Ticker, n),
+        },
+        3 => Content::Refused(Lib::PanicNew, n),
+        4 => Content::Refused(Lib::WrongInterface, n),
+        5 => Content::Refused(Lib::NoExport, n),
+        6 => Content::NotElf(n),
+        7 => Content::Truncated(Lib::Chaos, n),
+        8 => match pick % 3 {
+            0 => Content::NotElf(n),
+            1 => Content::Truncated(Lib::Ticker, n),
+            _ => Content::Refused(Lib::NoExport, n),
+        },
+        _ => match pick % 2 {
+            0 => Content::NotElf(n),
+            _ => Content::Truncated(Lib::HttpEcho, n),
+        },
+    }
+}
+
+/// xorshift64*: a small deterministic generator, so a failing sequence can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n as u64).expect("small")
+    }
+}
+
+/// The private copies whose name starts with `stem-`.
+fn copies_of(copies: &std::collections::BTreeSet<String>, stem: &str) -> Vec<String> {
+    let prefix = format!("{stem}-");
+    copies
+        .iter()
+        .filter(|c| c.starts_with(&prefix))
+        .cloned()
+        .collect()
+}
+
+/// What differs between the host's view and the folder (empty: converged). The private
+/// folder must hold, and the host map, exactly one copy per generation in use: each loaded
+/// file, plus an older generation that keeps running under a file whose newer content was
+/// refused.
+fn differences(host: &Host, dir: &PluginDir, state: &[Option<Content>; SLOTS]) -> Vec<String> {
+    let body = host.get_json("/v1/plugins");
+    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
+    let containers = host.containers();
+    let private = host.private_copies();
+    let mapped = host.mapped_copies();
+    let mut problems = Vec::new();
+    let entry = |file: &str| plugins.iter().find(|p| p["file"] == file);
+    let container = |name: &str| containers.iter().find(|c| c["name"] == name);
+    let mut in_use = 0;
+
+    for p in &plugins {
+        let file = p["file"].as_str().unwrap_or_default();
+        let present = FILES
+            .iter()
+            .zip(state)
+            .any(|(f, c)| *f == file && c.is_some());
+        if !present {
+            problems.push(format!("listed but not in the folder: {p}"));
+        }
+    }
+    for (slot, (file, content)) in FILES.iter().zip(state).enumerate() {
+        let stem = file.trim_end_matches(".so");
+        let copies = copies_of(&private, stem);
+        let running: Vec<&Value> = containers_of(slot)
+            .iter()
+            .filter_map(|n| container(n))
+            .filter(|c| c["state"] == "running")
+            .collect();
+        match content {
+            None => {
+                if let Some(p) = entry(file) {
+                    problems.push(format!("{file} was removed but is listed: {p}"));
+                }
+                for name in containers_of(slot) {
+                    match container(name) {
+                        Some(c) if default_instance(slot) => {
+                            problems.push(format!(
+                                "default container of a removed file is listed: {c}"
+                            ));
+                        }
+                        Some(c) if c["state"] == "running" || c["state"] == "starting" => {
+                            problems.push(format!("container of a removed file runs: {c}"));
+                        }
+                        None if !default_instance(slot) => {
+                            problems.push(format!("configured container {name} is not listed"));
+                        }
+                        _ => {}
+                    }
+                }
+                if !copies.is_empty() {
+                    problems.push(format!("{file} was removed, copies remain: {copies:?}"));
+                }
+            }
+            Some(content) => {
+                let sha = sha12(&content.bytes());
+                let on_disk = file_sha12(&dir.plugins().join(file));
+                if on_disk != sha {
+                    problems.push(format!("test bug: {file} holds {on_disk}, expected {sha}"));
+                }
+                match (content.error_kind(), entry(file)) {
+                    (_, None) => problems.push(format!("{file} is not listed")),
+                    (None, Some(p)) => {
+                        in_use += 1;
+                        if p["status"] != "loaded" || p["sha256"] != sha.as_str() {
+                            problems.push(format!("{file} should be loaded with {sha}: {p}"));
+                        }
+                        for name in containers_of(slot) {
+                            match container(name) {
+                                Some(c)
+                                    if c["state"] == "running"
+                                        && c["sha256"] == sha.as_str()
+                                        && c["file"] == *file => {}
+                                other => problems
+                                    .push(format!("{name} should run on {file} {sha}: {other:?}")),
+                            }
+                        }
+                        if copies.len() != 1 || !copies[0].contains(&sha) {
+                            problems.push(format!(
+                                "{file}: expected one private copy of {sha}: {copies:?}"
+                            ));
+                        }
+                    }
+                    (Some(kind), Some(p)) => {
+                        if p["status"] != "error" || p["error_kind"] != kind {
+                            problems.push(format!("{file} should be an error {kind}: {p}"));
+                        }
+                        if kind == "constructor_panicked" && !running.is_empty() {
+                            problems
+                                .push(format!("{file}: its constructor panics, yet: {running:?}"));
+                        }
+                        // An older generation may keep running; then it has one copy.
+                        let keeps = running.len().min(1);
+                        in_use += keeps;
+                        if copies.len() != keeps {
+                            problems.push(format!(
+                                "{file}: {} running containers but copies {copies:?}",
+                                running.len()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if private.len() != in_use {
+        problems.push(format!(
+            "{} private copies for {in_use} generations in use: {private:?}",
+            private.len()
+        ));
+    }
+    if mapped != private {
+        problems.push(format!(
+            "mapped copies {mapped:?} differ from the current copies {private:?}"
+        ));
+    }
+    let not_unloaded = body["not_unloaded"].as_array().cloned().unwrap_or_default();
+    if !not_unloaded.is_empty() {
+        problems.push(format!("not unloaded: {not_unloaded:?}"));
+    }
+    problems
+}
+
+/// Polls until the host matches the folder; returns how long that took.
+fn converge(
+    host: &Host,
+    dir: &PluginDir,
+    state: &[Option<Content>; SLOTS],
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    let mut last = Vec::new();
+    while started.elapsed() < STATE_TIMEOUT {
+        last = differences(host, dir, state);
+        if last.is_empty() {
+            return started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "{what}: the host did not match the folder within {STATE_TIMEOUT:?}:\n{}\nfolder: {state:?}\nhost output:\n{}",
+        last.join("\n"),
+        host.logs()
+    );
+}
+
+/// An environment variable parsed as a number (decimal, or hex with `0x`).
+fn env_number(name: &str) -> Option<u64> {
+    let text = std::env::var(name).ok()?;
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    Some(parsed.unwrap_or_else(|e| panic!("{name}={text:?}: {e}")))
+}
+
+/// What the event reader saw.
+#[derive(Debug, Default)]
+struct EventTally {
+    seen: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    /// Gaps, repeats and `id:` lines that differ from the data.
+    faults: Vec<String>,
+}
+
+/// Reads `stream` until `stop` is set and nothing more comes, checking that ids go up by one.
+fn read_events(stream: &EventStream, stop: &AtomicBool) -> EventTally {
+    let mut t = EventTally::default();
+    loop {
+        let Some(event) = stream.next(Duration::from_millis(300)) else {
+            if stop.load(Ordering::Relaxed) {
+                return t;
+            }
+            continue;
+        };
+        let Some(id) = event.data["id"].as_u64() else {
+            t.faults.push(format!("event without an id: {}", event.raw));
+            continue;
+        };
+        if event.id != Some(id) {
+            t.faults
+                .push(format!("`id:` {:?} differs from data {id}", event.id));
+        }
+        if let Some(last) = t.last
+            && id != last + 1
+        {
+            t.faults.push(format!("id {id} after {last}"));
+        }
+        t.seen += 1;
+        t.first.get_or_insert(id);
+        t.last = Some(id);
+    }
+}
+
+#[test]
+#[ignore = "soak: run with cargo test -p balut-tests --test e2e -- --ignored soak"]
+fn soak_thousand_changes_converge() {
+    let seed = env_number("BALUT_SOAK_SEED").unwrap_or(0x0050_a6e6);
+    let changes = env_number("BALUT_SOAK_CHANGES").unwrap_or(1000);
+    let mut rng = Rng(seed.max(1));
+    let mut dir = PluginDir::new();
+    let ticks = dir.path().join("ticks.log");
+    dir.write_config(&format!(
+        "{}{}",
+        echo_entry("web", "soak"),
+        ticker_entry("ticker", &ticks, 1000)
+    ));
+    let mut next_n = 0u64;
+    let mut n = || {
+        next_n += 1;
+        next_n
+    };
+    let mut state: [Option<Content>; SLOTS] = [None; SLOTS];
+    for (slot, file) in FILES.iter().enumerate() {
+        let content = content_for(slot, n(), 2, false);
+        dir.put(file, &content.bytes(), Put::Rename);
+        state[slot] = Some(content);
+    }
+    let mut host = Host::start(&dir);
+    let took = converge(&host, &dir, &state, "start-up");
+    eprintln!("[soak] seed {seed:#x}, {changes} changes; start-up converged in {took:?}");
+
+    let ways: Vec<Put> = Put::ALL
+        .into_iter()
+        .filter(|w| *w != Put::MvOtherFs || dir.other_fs().is_some())
+        .collect();
+    let addr = host.addr();
+    let stop = AtomicBool::new(false);
+    let polls = AtomicU64::new(0);
+    let slowest_poll = Mutex::new(Duration::ZERO);
+    let poll_faults = Mutex::new(Vec::<String>::new());
+    // Every event, in order, once: read until the checks after the soak are done.
+    let events_stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stream = EventStream::open(addr, "/v1/events", &[]);
+    let reader = std::thread::spawn({
+        let events_stop = events_stop.clone();
+        move || read_events(&stream, &events_stop)
+    });
+    let mut ops = Vec::new();
+    let mut used_ways = std::collections::BTreeMap::<String, u64>::new();
+
+    let churn_took = std::thread::scope(|s| {
+        // The API answers throughout.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                for path in ["/v1/containers", "/v1/plugins"] {
+                    let asked = Instant::now();
+                    let (status, body) = http_get(addr, path);
+                    let took = asked.elapsed();
+                    let mut slowest = slowest_poll.lock().expect("lock");
+                    *slowest = (*slowest).max(took);
+                    if status != 200 || serde_json::from_str::<Value>(&body).is_err() {
+                        poll_faults
+                            .lock()
+                            .expect("lock")
+                            .push(format!("GET {path}: {status} {body}"));
+                    }
+                }
+                polls.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let period = Duration::from_secs(1) / RATE;
+        let started = Instant::now();
+        for op in 0..changes {
+            let due = started + period * u32::try_from(op).expect("changes fit u32");
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let slot = rng.below(SLOTS);
+            let file = FILES[slot];
+            let how = ways[rng.below(ways.len())];
+            if state[slot].is_some() && rng.below(4) == 0 {
+                if rng.below(2) == 0 {
+                    dir.remove(file);
+                    ops.push(format!("{op}: rm {file}"));
+                    *used_ways.entry("rm".into()).or_default() += 1;
+                } else {
+                    dir.move_out(file);
+                    ops.push(format!("{op}: mv {file} out"));
+                    *used_ways.entry("mv out".into()).or_default() += 1;
+                }
+                state[slot] = None;
+            } else {
+                let content = content_for(slot, n(), rng.next(), op < changes * 9 / 10);
+                dir.put(file, &content.bytes(), how);
+                ops.push(format!("{op}: {how:?} {file} <- {content:?}"));
+                *used_ways.entry(format!("{how:?}")).or_default() += 1;
+                state[slot] = Some(content);
+            }
+        }
+        // A version that cannot start has no defined end state of its own: replace it.
+        if let Some(Content::BrokenStart(_)) = state[0] {
+            let content = Content::Good(Lib::Chaos, n());
+            dir.put(FILES[0], &content.bytes(), Put::Rename);
+            ops.push(format!("final: Rename {} <- {content:?}", FILES[0]));
+            state[0] = Some(content);
+        }
+        let churn_took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        churn_took
+    });
+    let tail: Vec<&String> = ops.iter().rev().take(40).rev().collect();
+    eprintln!(
+        "[soak] {} changes in {churn_took:?} ({:.1}/s); ways: {used_ways:?}; last changes:\n{}",
+        ops.len(),
+        ops.len() as f64 / churn_took.as_secs_f64(),
+        tail.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!("[soak] the folder now: {state:?}");
+
+    assert!(
+        host.is_running(),
+        "the host died during the soak\n{}",
+        host.logs()
+    );
+    let poll_faults = poll_faults.into_inner().expect("lock");
+    assert!(
+        poll_faults.is_empty(),
+        "the API failed during the soak:\n{}",
+        poll_faults.join("\n")
+    );
+    eprintln!(
+        "[soak] {} API polls (containers + plugins), slowest answer {:?}",
+        polls.load(Ordering::Relaxed),
+        slowest_poll.into_inner().expect("lock")
+    );
+
+    let took = converge(&host, &dir, &state, "after the soak");
+    eprintln!("[soak] converged {took:?} after the last change (limit {STATE_TIMEOUT:?})");
+    // And it stays that way.
+    std::thread::sleep(Duration::from_millis(500));
+    let problems = differences(&host, &dir, &state);
+    assert!(
+        problems.is_empty(),
+        "the host drifted after converging:\n{}\n{}",
+        problems.join("\n"),
+        host.logs()
+    );
+    let loaded = state
+        .iter()
+        .flatten()
+        .filter(|c| c.error_kind().is_none())
+        .count();
+    eprintln!(
+        "[soak] {loaded} loaded files, {} private copies, {} mapped copies",
+        host.private_copies().len(),
+        host.mapped_copies().len()
+    );
+
+    events_stop.store(true, Ordering::Relaxed);
+    let tally = reader.join().expect("the event reader panicked");
+    eprintln!(
+        "[soak] {} events seen, ids {:?}..={:?}",
+        tally.seen, tally.first, tally.last
+    );
+    assert!(tally.seen > 0, "the event stream delivered nothing");
+    assert!(
+        tally.faults.is_empty(),
+        "the event stream skipped or repeated ids:\n{}",
+        tally.faults.join("\n")
+    );
+    assert!(host.is_running(), "the host died\n{}", host.logs());
+    terminate_cleanly(host);
+}

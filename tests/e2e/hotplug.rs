@@ -4,7 +4,6 @@
 //! removed are stopped, unloaded and forgotten. Every way of putting a file there works,
 //! and a burst of changes converges to what the folder holds.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use balut_tests::{
@@ -13,19 +12,13 @@ use balut_tests::{
 };
 use serde_json::Value;
 
+pub(crate) use crate::churn_model::{copies_of, not_elf};
 use crate::{barrier, chaos_entry, echo_entry, terminate_cleanly};
 
 mod churn;
 mod links;
 mod reports;
 mod ways;
-
-/// Bytes of a file that is not an ELF at all; `n` makes each content different.
-fn not_elf(n: u64) -> Vec<u8> {
-    format!("this is not a plugin, take {n}\n")
-        .repeat(64)
-        .into_bytes()
-}
 
 /// The `generation` of a container or plugin entry.
 fn generation(v: &Value) -> u64 {
@@ -56,18 +49,6 @@ fn refused_lines(lines: &[String], file: &str) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l.contains("plugin file refused") && names_file(l, file))
-        .cloned()
-        .collect()
-}
-
-/// The names in `copies` that are private copies of the plugin file with stem `stem`
-/// (`libchaos` for `libchaos.so`). The host names a copy `{stem}-g{generation}-{sha12}.so`,
-/// so a copy's name also tells its content.
-fn copies_of(copies: &BTreeSet<String>, stem: &str) -> Vec<String> {
-    let prefix = format!("{stem}-");
-    copies
-        .iter()
-        .filter(|c| c.starts_with(&prefix))
         .cloned()
         .collect()
 }

@@ -5,6 +5,7 @@
 
 mod api;
 mod chaos;
+mod churn_model;
 mod config;
 mod control;
 mod evolution;

@@ -12,60 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use balut_tests::{
-    EventStream, Host, Lib, PluginDir, Put, STATE_TIMEOUT, file_sha12, http_get, lib_bytes, sha12,
-    versioned_bytes,
+    EventStream, Host, Lib, PluginDir, Put, STATE_TIMEOUT, file_sha12, http_get, sha12,
 };
 use serde_json::Value;
 
+use crate::churn_model::{Content, Rng, copies_of};
 use crate::{echo_entry, terminate_cleanly, ticker_entry};
 
 /// Changes per second the churn aims at.
 const RATE: u32 = 20;
-
-/// What a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Content {
-    /// Version `n` of a good plugin.
-    Good(Lib, u64),
-    /// Not an ELF file.
-    NotElf(u64),
-    /// A cut-off prefix of a library.
-    Truncated(Lib, u64),
-    /// Version `n` of a library the host refuses (wrong interface, no export, a constructor
-    /// that panics).
-    Refused(Lib, u64),
-    /// The chaos version whose start fails (rolled back to the running generation).
-    BrokenStart(u64),
-}
-
-impl Content {
-    fn bytes(self) -> Vec<u8> {
-        match self {
-            Content::Good(lib, n) | Content::Refused(lib, n) => versioned_bytes(lib, n),
-            Content::BrokenStart(n) => versioned_bytes(Lib::BrokenStart, n),
-            Content::NotElf(n) => format!("this is not a plugin, take {n}\n")
-                .repeat(64)
-                .into_bytes(),
-            Content::Truncated(lib, n) => {
-                let bytes = lib_bytes(lib);
-                let len = bytes.len() / 2 + usize::try_from(n % 1000).expect("small") * 64;
-                bytes[..len].to_vec()
-            }
-        }
-    }
-
-    /// The error kind the host reports for this content (`None`: it loads).
-    fn error_kind(self) -> Option<&'static str> {
-        match self {
-            Content::Good(..) | Content::BrokenStart(_) => None,
-            Content::NotElf(_) => Some("not_elf"),
-            Content::Truncated(..) => Some("truncated"),
-            Content::Refused(Lib::WrongInterface, _) => Some("interface_mismatch"),
-            Content::Refused(Lib::PanicNew, _) => Some("constructor_panicked"),
-            Content::Refused(..) => Some("missing_export"),
-        }
-    }
-}
 
 const SLOTS: usize = 10;
 
@@ -131,34 +86,6 @@ fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content 
             _ => Content::Truncated(Lib::HttpEcho, n),
         },
     }
-}
-
-/// xorshift64*: a small deterministic generator, so a failing sequence can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next() % n as u64).expect("small")
-    }
-}
-
-/// The private copies whose name starts with `stem-`.
-fn copies_of(copies: &std::collections::BTreeSet<String>, stem: &str) -> Vec<String> {
-    let prefix = format!("{stem}-");
-    copies
-        .iter()
-        .filter(|c| c.starts_with(&prefix))
-        .cloned()
-        .collect()
 }
 
 /// What differs between the host's view and the folder (empty: converged). The private

@@ -2,54 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use balut_tests::{Host, Lib, PluginDir, Put, STATE_TIMEOUT, lib_bytes, sha12, versioned_bytes};
+use balut_tests::{Host, Lib, PluginDir, Put, STATE_TIMEOUT, sha12};
 use serde_json::Value;
 
-use super::{copies_of, not_elf};
+use crate::churn_model::{Content, Rng, copies_of};
 use crate::{echo_entry, terminate_cleanly, ticker_entry};
-
-/// What a file in the churn holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Content {
-    /// Version `n` of a good plugin.
-    Good(Lib, u64),
-    /// Not an ELF file.
-    NotElf(u64),
-    /// A cut-off prefix of a library.
-    Truncated(Lib, u64),
-    /// Version `n` of a library the host refuses (no export, wrong interface, a
-    /// constructor that panics).
-    Refused(Lib, u64),
-    /// The chaos version whose start fails (rolled back).
-    BrokenStart(u64),
-}
-
-impl Content {
-    fn bytes(self) -> Vec<u8> {
-        match self {
-            Content::Good(lib, n) | Content::Refused(lib, n) => versioned_bytes(lib, n),
-            Content::BrokenStart(n) => versioned_bytes(Lib::BrokenStart, n),
-            Content::NotElf(n) => not_elf(n),
-            Content::Truncated(lib, n) => {
-                let bytes = lib_bytes(lib);
-                let len = bytes.len() / 2 + usize::try_from(n).expect("small n") * 64;
-                bytes[..len].to_vec()
-            }
-        }
-    }
-
-    /// The error kind the host reports for this content (`None`: it loads).
-    fn error_kind(self) -> Option<&'static str> {
-        match self {
-            Content::Good(..) | Content::BrokenStart(_) => None,
-            Content::NotElf(_) => Some("not_elf"),
-            Content::Truncated(..) => Some("truncated"),
-            Content::Refused(Lib::WrongInterface, _) => Some("interface_mismatch"),
-            Content::Refused(Lib::PanicNew, _) => Some("constructor_panicked"),
-            Content::Refused(..) => Some("missing_export"),
-        }
-    }
-}
 
 /// One file per plugin name (two files of one plugin would be a `duplicate_plugin` error).
 const FILES: [&str; SLOTS] = [
@@ -106,24 +63,6 @@ fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content 
             1 => Content::Truncated(Lib::Ticker, n),
             _ => Content::Refused(Lib::NoExport, n),
         },
-    }
-}
-
-/// xorshift64*: a small deterministic generator, so a failing sequence can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -297,9 +236,9 @@ fn hundred_changes_in_a_second_converge() {
     let mut slowest_answer = Duration::ZERO;
     let started = Instant::now();
     for op in 0..100 {
-        let slot = usize::try_from(rng.below(SLOTS as u64)).expect("small");
+        let slot = rng.below(SLOTS);
         let file = FILES[slot];
-        let how = ways[usize::try_from(rng.below(ways.len() as u64)).expect("small")];
+        let how = ways[rng.below(ways.len())];
         if state[slot].is_some() && rng.below(4) == 0 {
             if rng.below(2) == 0 {
                 dir.remove(file);

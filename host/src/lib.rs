@@ -1,0 +1,312 @@
+//! `balut`: the plugin host.
+//!
+//! The binary (`src/main.rs`) only calls [`main`]. The library exists so that the
+//! benchmarks (`bench/`) and the fuzz targets (`fuzz/`) can drive the loader, the ELF checks
+//! and the config parser directly; it is not a stable API for anyone else.
+
+mod api;
+mod cli;
+mod client;
+pub mod config;
+mod events;
+pub mod loader;
+mod logging;
+mod metrics;
+mod probes;
+mod restart;
+mod sdnotify;
+pub mod services;
+mod status;
+mod supervisor;
+mod trust;
+mod watcher;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+use crate::cli::{Cli, Command, LogFormat, RunArgs};
+use crate::config::Config;
+use crate::status::Board;
+use crate::supervisor::{Settings, Supervisor};
+
+/// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,
+/// 2 bad usage or config, 130 forced by a second signal.
+const EXIT_UNCLEAN: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_FORCED: i32 = 130;
+
+/// The `balut` command line: parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    logging::init(format);
+    let client_result = |what: &str, result: anyhow::Result<()>| match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("balut {what}: {e:#}");
+            ExitCode::from(EXIT_UNCLEAN)
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => match client::status(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_UNCLEAN),
+            Err(e) => {
+                eprintln!("balut status: {e:#}");
+                ExitCode::from(EXIT_UNCLEAN)
+            }
+        },
+        Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
+        Command::Events(args) => client_result("events", client::events(&args)),
+    }
+}
+
+/// Config and folder, resolved from the command line and the config file.
+/// What `balut run` resolved from its arguments and config.
+struct Resolved {
+    settings: Settings,
+    listen: std::net::SocketAddr,
+    token: Option<String>,
+    unix_socket: Option<PathBuf>,
+}
+
+fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
+    let config = match &args.config {
+        Some(file) => Config::load(file)?,
+        None => Config::default(),
+    };
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .or_else(|| config.host.plugin_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("plugins"));
+    if !plugin_dir.is_dir() {
+        anyhow::bail!(
+            "plugin folder {} does not exist or is not a folder",
+            plugin_dir.display()
+        );
+    }
+    let plugin_dir = std::fs::canonicalize(&plugin_dir)
+        .with_context(|| format!("resolving the plugin folder {}", plugin_dir.display()))?;
+    let strict_modes = config.host.strict_modes && !args.no_strict_modes;
+    if strict_modes {
+        trust::check_folder(&plugin_dir)?;
+    }
+    let listen = match args.listen.or(config.host.listen) {
+        Some(addr) => addr,
+        None => cli::DEFAULT_LISTEN
+            .parse()
+            .context("default listen address")?,
+    };
+    let token = client::read_token(args.token_file.as_deref())?;
+    if !listen.ip().is_loopback() && token.is_none() {
+        anyhow::bail!(
+            "listening on {listen}, beyond loopback, needs an API token: \
+             --token-file FILE or the BALUT_TOKEN environment variable"
+        );
+    }
+    Ok(Resolved {
+        settings: Settings {
+            plugin_dir,
+            config,
+            config_path: args.config.clone(),
+            strict_modes,
+        },
+        listen,
+        token,
+        unix_socket: args.unix_socket.clone(),
+    })
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let resolved = match settings(&args) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            eprintln!("balut run: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("balut run: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_UNCLEAN);
+        }
+    };
+    match runtime.block_on(serve(resolved)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_UNCLEAN),
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("balut run: {e:#}");
+            ExitCode::from(EXIT_UNCLEAN)
+        }
+    }
+}
+
+/// Runs the host until a signal; returns whether everything stopped cleanly.
+async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
+    let Resolved {
+        settings,
+        listen,
+        token,
+        unix_socket,
+    } = resolved;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "the HTTP API listens beyond loopback");
+    }
+
+    let board = Board::default();
+    let plugin_dir = settings.plugin_dir.clone();
+    let mut supervisor =
+        Supervisor::new(settings, board.clone()).context("creating the private copy folder")?;
+    let private_dir = supervisor.private_dir().to_owned();
+    let handle = supervisor.handle();
+    info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
+
+    // The Unix socket, when asked for: its file mode (0600) is the guard, so no token.
+    let unix = match &unix_socket {
+        Some(path) => Some((bind_unix_socket(path)?, path.clone())),
+        None => None,
+    };
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let app = api::router(board.clone(), handle.clone(), token);
+    let http = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped(http_stopped.clone()))
+            .into_future(),
+    );
+    info!(%addr, "http api listening");
+    let unix_http = unix.map(|(listener, path)| {
+        info!(path = %path.display(), "http api listening on a unix socket");
+        let app = api::router(board.clone(), handle.clone(), None);
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(http_stopped.clone()))
+                .into_future(),
+        )
+    });
+
+    let notifier = match sdnotify::Notifier::from_env() {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            warn!(error = %e, "not notifying the service manager");
+            None
+        }
+    };
+    let (started, start_done) = tokio::sync::oneshot::channel::<()>();
+    let notify_task = notifier.clone().map(|notifier| {
+        tokio::spawn(sdnotify::run(
+            notifier,
+            board.clone(),
+            start_done,
+            sdnotify::watchdog_interval(),
+        ))
+    });
+
+    let supervisor_task = tokio::spawn(async move {
+        if let Err(e) = supervisor.start_all().await {
+            error!(plugin_dir = %plugin_dir.display(), error = %e, "cannot read the plugin folder");
+        }
+        let _ = started.send(());
+        supervisor.run().await
+    });
+
+    let first = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the config");
+                // The supervisor logs the outcome; a bad file leaves the old one in force.
+                let _ = handle.reload().await;
+            }
+        }
+    };
+    info!(
+        signal = first,
+        "stopping all containers; a second signal exits at once"
+    );
+    if let Some(notifier) = &notifier {
+        notifier.stopping();
+    }
+    let report = tokio::select! {
+        report = handle.shutdown() => report,
+        _ = sigterm.recv() => force_exit(&private_dir),
+        _ = sigint.recv() => force_exit(&private_dir),
+    };
+    let _ = supervisor_task.await;
+    let _ = stop_http.send(true);
+    let _ = http.await;
+    if let Some(unix_http) = unix_http {
+        let _ = unix_http.await;
+    }
+    if let Some(path) = &unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(task) = notify_task {
+        task.abort();
+    }
+    let clean = report.clean();
+    if clean {
+        info!("all containers stopped cleanly");
+    } else {
+        warn!(
+            failed = report.failures.len(),
+            "some containers did not stop cleanly"
+        );
+    }
+    Ok(clean)
+}
+
+/// Binds the API's Unix socket with mode 0600 (owner only). A stale socket left by a
+/// previous run is replaced; any other file there is an error.
+fn bind_unix_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the unix socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
+    Ok(listener)
+}
+
+fn force_exit(private_dir: &std::path::Path) -> ! {
+    warn!("second signal: exiting now");
+    let _ = std::fs::remove_dir_all(private_dir);
+    std::process::exit(EXIT_FORCED)
+}

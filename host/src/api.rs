@@ -8,7 +8,8 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -58,6 +59,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(control)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -88,6 +90,34 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The `{name}` of a container route. Unlike axum's `Path`, refuses a name that is not
+/// UTF-8 with a JSON error like every other error of the API.
+struct Name(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(Self(name)),
+            Err(rejection) => Err(error(
+                rejection.status(),
+                format!("bad container name: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on this endpoint"),
+    )
 }
 
 /// Serializes `value` to a JSON response (while the caller holds the board's read lock:
@@ -138,7 +168,7 @@ async fn list_containers(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn get_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+async fn get_container(State(app): State<AppState>, Name(name): Name) -> Response {
     let board = app.board.read();
     match board.containers.iter().find(|c| c.name == name) {
         Some(status) => json_bytes(&crate::status::ContainerDetail {
@@ -168,15 +198,15 @@ fn control_response(result: Result<crate::status::ContainerStatus, ControlError>
     }
 }
 
-async fn start_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+async fn start_container(State(app): State<AppState>, Name(name): Name) -> Response {
     control_response(app.supervisor.start(&name).await)
 }
 
-async fn stop_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+async fn stop_container(State(app): State<AppState>, Name(name): Name) -> Response {
     control_response(app.supervisor.stop(&name).await)
 }
 
-async fn restart_container(State(app): State<AppState>, Path(name): Path<String>) -> Response {
+async fn restart_container(State(app): State<AppState>, Name(name): Name) -> Response {
     control_response(app.supervisor.restart(&name).await)
 }
 
@@ -243,9 +273,13 @@ struct EventsQuery {
 /// slow to keep up is disconnected and resumes the same way.
 async fn events(
     State(app): State<AppState>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

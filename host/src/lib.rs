@@ -9,6 +9,8 @@ mod cli;
 mod client;
 pub mod config;
 mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loader;
 mod logging;
 mod metrics;

@@ -68,7 +68,7 @@ impl PluginDeclaration {
         while i < name.len() {
             let c = name[i];
             assert!(
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_',
+                is_name_byte(c),
                 "plugin name may only contain a-z, 0-9, '-' and '_'"
             );
             name_buf[i] = c;
@@ -123,6 +123,14 @@ impl PluginDeclaration {
         {
             return Err(DeclarationError::NotUtf8);
         }
+        // The rules `new` enforces at build time, for files made some other way: the name
+        // becomes a container name, a log field and part of URLs.
+        if decl.name_bytes().is_empty() || !decl.name_bytes().iter().all(|&c| is_name_byte(c)) {
+            return Err(DeclarationError::BadName);
+        }
+        if decl.version_bytes().is_empty() || decl.version().chars().any(char::is_control) {
+            return Err(DeclarationError::BadVersion);
+        }
         Ok(decl)
     }
 
@@ -145,6 +153,11 @@ impl PluginDeclaration {
     }
 }
 
+/// A byte a plugin name may contain: `a-z`, `0-9`, `-`, `_`.
+const fn is_name_byte(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_'
+}
+
 /// Why a declaration's bytes could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclarationError {
@@ -152,6 +165,8 @@ pub enum DeclarationError {
     BadMagic,
     BadLength,
     NotUtf8,
+    BadName,
+    BadVersion,
 }
 
 impl std::fmt::Display for DeclarationError {
@@ -161,6 +176,10 @@ impl std::fmt::Display for DeclarationError {
             Self::BadMagic => "declaration does not start with the Balut magic bytes",
             Self::BadLength => "declaration has an out-of-range name or version length",
             Self::NotUtf8 => "declaration name or version is not UTF-8",
+            Self::BadName => {
+                "declaration name is empty or has characters other than a-z, 0-9, '-' and '_'"
+            }
+            Self::BadVersion => "declaration version is empty or has control characters",
         })
     }
 }
@@ -210,5 +229,22 @@ mod tests {
             PluginDeclaration::from_le_bytes(&bytes),
             Err(DeclarationError::BadLength)
         );
+    }
+
+    #[test]
+    fn rejects_names_and_versions_new_would_refuse() {
+        let good = to_le_bytes(&PluginDeclaration::new("ab", "1", 1, 0));
+        let with = |at: usize, value: u8| {
+            let mut bytes = good.clone();
+            bytes[at] = value;
+            PluginDeclaration::from_le_bytes(&bytes)
+        };
+        assert_eq!(with(16, 0), Err(DeclarationError::BadName), "empty name");
+        assert_eq!(with(20, b'/'), Err(DeclarationError::BadName));
+        assert_eq!(with(21, b' '), Err(DeclarationError::BadName));
+        assert_eq!(with(20, b'A'), Err(DeclarationError::BadName));
+        assert_eq!(with(84, 0), Err(DeclarationError::BadVersion), "empty");
+        assert_eq!(with(88, b'\n'), Err(DeclarationError::BadVersion));
+        assert!(with(88, b'2').is_ok());
     }
 }

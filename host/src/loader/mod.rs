@@ -9,7 +9,7 @@
 //!
 //! Facts behind this design: `../shared/notes/native-plugins.md`.
 
-mod elf;
+pub(crate) mod elf;
 mod maps;
 mod worker;
 
@@ -158,7 +158,7 @@ impl LoadError {
         }
     }
 
-    fn from_elf(file: &Path, problem: ElfProblem) -> Self {
+    pub(crate) fn from_elf(file: &Path, problem: ElfProblem) -> Self {
         let file = file.to_owned();
         match problem {
             ElfProblem::NotElf => Self::NotElf { file },

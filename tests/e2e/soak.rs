@@ -1,7 +1,8 @@
 //! Soak test for issue 6: 1,000 random adds, replaces and removes of plugin files at about 20
 //! a second (about 50 s), while one thread polls the API and another reads the event stream.
 //! Afterwards the host must match the folder, hold exactly the copies it uses and have
-//! unmapped every generation it dropped.
+//! unmapped every generation it dropped; once every file is removed, its mappings must be
+//! back to what they were before the first plugin.
 //!
 //! Ignored by default; run it with
 //! `cargo test -p balut-tests --test e2e -- --ignored soak`.
@@ -307,14 +308,18 @@ fn soak_thousand_changes_converge() {
         next_n
     };
     let mut state: [Option<Content>; SLOTS] = [None; SLOTS];
+    // The host's mappings before any plugin, to compare with the end, when every file is
+    // gone again.
+    let mut host = Host::start(&dir);
+    converge(&host, &dir, &state, "empty start");
+    let before = Mappings::of(&host);
     for (slot, file) in FILES.iter().enumerate() {
         let content = content_for(slot, n(), 2, false);
         dir.put(file, &content.bytes(), Put::Rename);
         state[slot] = Some(content);
     }
-    let mut host = Host::start(&dir);
-    let took = converge(&host, &dir, &state, "start-up");
-    eprintln!("[soak] seed {seed:#x}, {changes} changes; start-up converged in {took:?}");
+    let took = converge(&host, &dir, &state, "the first files");
+    eprintln!("[soak] seed {seed:#x}, {changes} changes; the first files converged in {took:?}");
 
     let ways: Vec<Put> = Put::ALL
         .into_iter()
@@ -460,5 +465,64 @@ fn soak_thousand_changes_converge() {
         tally.faults.join("\n")
     );
     assert!(host.is_running(), "the host died\n{}", host.logs());
+
+    // Remove every file: the mappings must be back to the start.
+    for (slot, file) in FILES.iter().enumerate() {
+        if state[slot].take().is_some() {
+            dir.remove(file);
+        }
+    }
+    converge(&host, &dir, &state, "removing every file");
+    let after = Mappings::of(&host);
+    eprintln!(
+        "[soak] mappings before the first file: {} ({} files); after removing every file: {} ({} files)",
+        before.count,
+        before.files.len(),
+        after.count,
+        after.files.len()
+    );
+    assert!(
+        host.private_copies().is_empty(),
+        "copies left: {:?}",
+        host.private_copies()
+    );
+    assert_eq!(
+        after.files,
+        before.files,
+        "the host maps other files than before the first plugin\n{}",
+        host.maps()
+    );
+    // Threads and allocator arenas come and go; a leak of a mapping per change would not.
+    assert!(
+        after.count <= before.count + 64,
+        "{} mappings after, {} before\n{}",
+        after.count,
+        before.count,
+        host.maps()
+    );
     terminate_cleanly(host);
+}
+
+/// What a process has mapped.
+struct Mappings {
+    /// Every mapping.
+    count: usize,
+    /// The files mapped (the binary, system libraries; plugin copies while loaded).
+    files: std::collections::BTreeSet<String>,
+}
+
+impl Mappings {
+    fn of(host: &Host) -> Self {
+        let maps = host.maps();
+        let files = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| path.starts_with('/'))
+            .map(str::to_owned)
+            .collect();
+        Self {
+            count: maps.lines().count(),
+            files,
+        }
+    }
 }

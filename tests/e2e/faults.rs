@@ -603,7 +603,7 @@ impl World {
                             .is_some_and(|e| says.iter().all(|s| e.contains(s)))
                 });
                 assert!(generation(&victim) >= 1, "{victim}");
-                self.wait_victim_log("container failed", &[]);
+                self.wait_victim_log("container failed", says);
             }
             Runs { says } => {
                 let victim = self.wait_victim("running", |c| c["state"] == "running");

@@ -7,10 +7,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::Request;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,12 @@ struct AppState {
     list_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
 }
 
-/// The routes under `/v1`, `/healthz` and `/readyz`, plus JSON 404s for everything else.
+/// The largest request body the API accepts. No route reads a body; a client sending a
+/// bigger one (by its `Content-Length`) gets 413 before any of it is read.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// The routes under `/v1`, `/healthz` and `/readyz`, plus JSON 404s for everything else,
+/// JSON 405s for a wrong method and 413s for big bodies.
 pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>) -> Router {
     let state = AppState {
         board,
@@ -59,8 +64,9 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(control)
-        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(refuse_big_bodies))
         .with_state(state)
 }
 
@@ -88,35 +94,76 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "no such endpoint")
+/// A name or path as error messages show it: at most 100 characters, then how long it was.
+fn shown(text: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+        None => text.to_owned(),
+    }
 }
 
-/// The `{name}` of a container route. Unlike axum's `Path`, refuses a name that is not
-/// UTF-8 with a JSON error like every other error of the API.
-struct Name(String);
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {method} {}", shown(uri.path())),
+    )
+}
 
-impl<S: Send + Sync> FromRequestParts<S> for Name {
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", shown(uri.path())),
+    )
+}
+
+/// Answers 413 to a request whose `Content-Length` exceeds [`MAX_BODY_BYTES`], without
+/// reading the body.
+async fn refuse_big_bodies(request: Request, next: Next) -> Response {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(length) if length > MAX_BODY_BYTES => {
+            warn!(method = %request.method(), path = %shown(request.uri().path()), length, "refused a request body that is too large");
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body of {length} bytes to {} {} is too large: the API takes at most {MAX_BODY_BYTES}",
+                    request.method(),
+                    shown(request.uri().path())
+                ),
+            )
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// The `{name}` of a container route. A name that is not valid percent-encoded UTF-8 gets
+/// a JSON 400 naming the path (axum's own rejection is plain text).
+struct ContainerName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ContainerName {
     type Rejection = Response;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(name)) => Ok(Self(name)),
-            Err(rejection) => Err(error(
-                rejection.status(),
-                format!("bad container name: {}", rejection.body_text()),
-            )),
+            Err(rejection) => Err(bad_name(&parts.uri, &rejection)),
         }
     }
 }
 
-async fn method_not_allowed(method: axum::http::Method) -> Response {
+fn bad_name(uri: &Uri, rejection: &PathRejection) -> Response {
     error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on this endpoint"),
+        StatusCode::BAD_REQUEST,
+        format!(
+            "bad container name in {}: {}",
+            shown(uri.path()),
+            rejection.body_text()
+        ),
     )
 }
 
@@ -168,7 +215,10 @@ async fn list_containers(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn get_container(State(app): State<AppState>, Name(name): Name) -> Response {
+async fn get_container(
+    State(app): State<AppState>,
+    ContainerName(name): ContainerName,
+) -> Response {
     let board = app.board.read();
     match board.containers.iter().find(|c| c.name == name) {
         Some(status) => json_bytes(&crate::status::ContainerDetail {
@@ -178,7 +228,7 @@ async fn get_container(State(app): State<AppState>, Name(name): Name) -> Respons
         }),
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no container named `{name}`"),
+            format!("no container named `{}`", shown(&name)),
         ),
     }
 }
@@ -191,22 +241,34 @@ async fn list_plugins(State(app): State<AppState>) -> Response {
 fn control_response(result: Result<crate::status::ContainerStatus, ControlError>) -> Response {
     match result {
         Ok(status) => Json(status).into_response(),
-        Err(e @ ControlError::UnknownContainer(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(ControlError::UnknownContainer(name)) => error(
+            StatusCode::NOT_FOUND,
+            format!("no container named `{}`", shown(&name)),
+        ),
         Err(e @ ControlError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
     }
 }
 
-async fn start_container(State(app): State<AppState>, Name(name): Name) -> Response {
+async fn start_container(
+    State(app): State<AppState>,
+    ContainerName(name): ContainerName,
+) -> Response {
     control_response(app.supervisor.start(&name).await)
 }
 
-async fn stop_container(State(app): State<AppState>, Name(name): Name) -> Response {
+async fn stop_container(
+    State(app): State<AppState>,
+    ContainerName(name): ContainerName,
+) -> Response {
     control_response(app.supervisor.stop(&name).await)
 }
 
-async fn restart_container(State(app): State<AppState>, Name(name): Name) -> Response {
+async fn restart_container(
+    State(app): State<AppState>,
+    ContainerName(name): ContainerName,
+) -> Response {
     control_response(app.supervisor.restart(&name).await)
 }
 

@@ -11,6 +11,7 @@
 //! health_timeout_ms = 2000
 //! settle_ms = 1000
 //! rescan_interval_ms = 10000
+//! max_plugin_bytes = 536870912
 //! strict_modes = true
 //!
 //! [containers.web]
@@ -22,6 +23,7 @@
 //! Unknown keys and bad values are errors that name the key and the line.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +43,11 @@ pub enum ConfigError {
     #[error("{file}: {message}")]
     Invalid { file: PathBuf, message: String },
 }
+
+/// `host.max_plugin_bytes` by default: 512 MiB, far above any real plugin (a debug build
+/// of an example plugin is a few MiB), far below what would strain the host's memory.
+pub const DEFAULT_MAX_PLUGIN_BYTES: NonZeroU64 =
+    NonZeroU64::new(512 * 1024 * 1024).expect("512 MiB is not zero");
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -74,6 +81,8 @@ pub struct HostConfig {
     pub settle_ms: Millis,
     /// Period of the safety rescan of the plugin folder (events can be lost).
     pub rescan_interval_ms: Millis,
+    /// Plugin files larger than this are refused without being read.
+    pub max_plugin_bytes: NonZeroU64,
     /// Refuse plugin folders and files other users can write (like sshd's StrictModes).
     pub strict_modes: bool,
 }
@@ -92,6 +101,7 @@ impl Default for HostConfig {
             load_timeout_ms: Millis(10_000),
             settle_ms: Millis(1_000),
             rescan_interval_ms: Millis(10_000),
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             strict_modes: true,
         }
     }

@@ -45,7 +45,7 @@ pub fn plugin_file(data: &[u8]) {
             );
         }
         Err(problem) => {
-            let error = LoadError::from_elf(std::path::Path::new("fuzz.so"), problem);
+            let error = LoadError::from_elf(std::path::Path::new("fuzz.so"), data, problem);
             let message = error.to_string();
             assert!(
                 message.contains("fuzz.so"),

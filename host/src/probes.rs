@@ -208,7 +208,13 @@ pub async fn run<F, Fut>(
         *due = ended + counter.spec.period;
         let (ok, message, fatal) = match result {
             Ok(report) => (report.healthy, report.message, false),
-            Err(e @ CallError::Panicked(_)) => (false, format!("health check {e}"), true),
+            Err(e @ CallError::Panicked(_)) => {
+                let check = match counter.kind {
+                    ProbeKind::Liveness => "health check",
+                    ProbeKind::Readiness => "readiness check",
+                };
+                (false, format!("{check} {e}"), true)
+            }
             Err(e @ CallError::Timeout { .. }) => (false, format!("timed out: {e}"), false),
             Err(e) => (false, e.to_string(), false),
         };

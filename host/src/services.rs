@@ -4,6 +4,7 @@
 //! These methods are called from plugin threads through an abi_stable vtable; a panic here
 //! would end the process (abi_stable aborts on unwinding), so nothing in them may panic.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -90,11 +91,32 @@ impl HostServices {
     }
 }
 
+/// The longest plugin log message, or field value, passed on whole: a longer one is cut
+/// there (on a character boundary) and ends with `… (truncated N bytes)`, so one runaway
+/// line cannot flood the log or the host's memory.
+pub const MAX_LOG_BYTES: usize = 64 * 1024;
+
+/// `text`, cut to [`MAX_LOG_BYTES`] with a marker saying how much was left out.
+fn clip(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_LOG_BYTES {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX_LOG_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… (truncated {} bytes)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
 /// Formats plugin fields as ` key=value`, quoting values with spaces or quotes.
 fn format_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> String {
     let mut out = String::new();
     for Tuple2(key, value) in fields.iter() {
-        let value = value.as_str();
+        let value = clip(value.as_str());
         if value.is_empty() || value.contains([' ', '"', '=']) {
             let _ = write!(out, " {}={value:?}", key.as_str());
         } else {
@@ -111,7 +133,7 @@ fn json_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> Option<String>
     }
     let object: serde_json::Map<String, serde_json::Value> = fields
         .iter()
-        .map(|Tuple2(key, value)| (key.as_str().to_owned(), value.as_str().into()))
+        .map(|Tuple2(key, value)| (key.as_str().to_owned(), clip(value.as_str()).into()))
         .collect();
     Some(serde_json::Value::Object(object).to_string())
 }
@@ -125,7 +147,7 @@ impl FfiHost for HostServices {
     ) {
         let container = &*self.container;
         let generation = self.generation;
-        let message = message.as_str();
+        let message = clip(message.as_str());
         // Text: `message key=value ...`; JSON: the fields as keys of the line (logging.rs).
         let (text_fields, json_fields) = if crate::logging::is_json() {
             (String::new(), json_fields(fields))
@@ -191,6 +213,21 @@ mod tests {
             format_fields(RSlice::from_slice(&fields)),
             r#" port=8080 path="/a b" empty="""#
         );
+    }
+
+    #[test]
+    fn long_messages_are_cut_with_a_marker() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(MAX_LOG_BYTES); // two bytes each
+        let clipped = clip(&long);
+        assert!(clipped.len() < MAX_LOG_BYTES + 40, "{}", clipped.len());
+        assert!(
+            clipped.ends_with(&format!("… (truncated {} bytes)", MAX_LOG_BYTES)),
+            "{} bytes, not ending in the marker",
+            clipped.len()
+        );
+        let fields = [Tuple2(RStr::from_str("big"), RStr::from_str(&long))];
+        assert!(format_fields(RSlice::from_slice(&fields)).contains("truncated"));
     }
 
     #[test]

@@ -21,14 +21,14 @@ mod reports;
 mod ways;
 
 /// The `generation` of a container or plugin entry.
-fn generation(v: &Value) -> u64 {
+pub(crate) fn generation(v: &Value) -> u64 {
     v["generation"]
         .as_u64()
         .unwrap_or_else(|| panic!("no generation: {v}"))
 }
 
 /// Whether a log line is about plugin file `file` (`file=NAME`, or a path ending in it).
-fn names_file(line: &str, file: &str) -> bool {
+pub(crate) fn names_file(line: &str, file: &str) -> bool {
     let suffix = format!("/{file}");
     field_values(line, "file")
         .iter()
@@ -45,7 +45,7 @@ fn loaded_lines(lines: &[String], file: &str) -> Vec<String> {
 }
 
 /// `plugin file refused` lines of `file` among `lines`.
-fn refused_lines(lines: &[String], file: &str) -> Vec<String> {
+pub(crate) fn refused_lines(lines: &[String], file: &str) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l.contains("plugin file refused") && names_file(l, file))
@@ -54,7 +54,7 @@ fn refused_lines(lines: &[String], file: &str) -> Vec<String> {
 }
 
 /// Waits until container `name` runs on content `sha` and returns it.
-fn wait_running_on(host: &Host, name: &str, sha: &str) -> Value {
+pub(crate) fn wait_running_on(host: &Host, name: &str, sha: &str) -> Value {
     host.wait_until(
         &format!("container {name:?} to run on content {sha}"),
         STATE_TIMEOUT,
@@ -66,7 +66,7 @@ fn wait_running_on(host: &Host, name: &str, sha: &str) -> Value {
 }
 
 /// Waits until plugin file `file` is loaded with content `sha` and returns its entry.
-fn wait_loaded(host: &Host, file: &str, sha: &str) -> Value {
+pub(crate) fn wait_loaded(host: &Host, file: &str, sha: &str) -> Value {
     host.wait_plugin(
         file,
         &format!("loaded with content {sha}"),
@@ -77,7 +77,7 @@ fn wait_loaded(host: &Host, file: &str, sha: &str) -> Value {
 
 /// Waits until exactly one private copy of `stem` exists and is mapped, and it is of
 /// content `sha`: older generations are deleted and unmapped.
-fn wait_single_copy(host: &Host, stem: &str, sha: &str) {
+pub(crate) fn wait_single_copy(host: &Host, stem: &str, sha: &str) {
     host.wait_until(
         &format!("exactly one private copy of {stem} ({sha}), mapped"),
         STATE_TIMEOUT,
@@ -90,7 +90,7 @@ fn wait_single_copy(host: &Host, stem: &str, sha: &str) {
 }
 
 /// Waits until no private copy of `stem` exists or is mapped.
-fn wait_no_copy(host: &Host, stem: &str) {
+pub(crate) fn wait_no_copy(host: &Host, stem: &str) {
     host.wait_for(
         &format!("no private copy of {stem}, in the folder or mapped"),
         STATE_TIMEOUT,
@@ -102,7 +102,7 @@ fn wait_no_copy(host: &Host, stem: &str) {
 }
 
 /// The line index (within `lines`) of the first line about container `name` stopping.
-fn first_stop_of(lines: &[String], name: &str) -> Option<usize> {
+pub(crate) fn first_stop_of(lines: &[String], name: &str) -> Option<usize> {
     lines.iter().position(|l| {
         (l.contains("container stopping") || l.contains("container stopped"))
             && has_field(l, "container", name)

@@ -9,6 +9,7 @@ mod churn_model;
 mod config;
 mod control;
 mod evolution;
+mod faults;
 mod fixtures;
 mod hotplug;
 mod metrics;

@@ -87,8 +87,8 @@ pub enum LoadError {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}: not an ELF file")]
-    NotElf { file: PathBuf },
+    #[error("{file}: not an ELF file{}", if *empty { " (the file is empty)" } else { "" })]
+    NotElf { file: PathBuf, empty: bool },
     #[error("{file}: truncated or corrupt ELF: {detail}")]
     Truncated { file: PathBuf, detail: String },
     #[error("{file}: wrong architecture: {detail}")]
@@ -158,10 +158,13 @@ impl LoadError {
         }
     }
 
-    pub(crate) fn from_elf(file: &Path, problem: ElfProblem) -> Self {
+    pub(crate) fn from_elf(file: &Path, bytes: &[u8], problem: ElfProblem) -> Self {
         let file = file.to_owned();
         match problem {
-            ElfProblem::NotElf => Self::NotElf { file },
+            ElfProblem::NotElf => Self::NotElf {
+                file,
+                empty: bytes.is_empty(),
+            },
             ElfProblem::Truncated(detail) => Self::Truncated { file, detail },
             ElfProblem::WrongArchitecture(detail) => Self::WrongArchitecture { file, detail },
             ElfProblem::NotSharedObject(what) => Self::NotSharedObject { file, what },
@@ -309,7 +312,7 @@ impl Loader {
             file: file.to_owned(),
             source,
         };
-        let decl = elf::inspect(bytes).map_err(|p| LoadError::from_elf(file, p))?;
+        let decl = elf::inspect(bytes).map_err(|p| LoadError::from_elf(file, bytes, p))?;
         let info = PluginInfo::from(&decl);
         if !info.interface.loadable_by_host() {
             return Err(LoadError::InterfaceMismatch {

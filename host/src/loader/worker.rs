@@ -27,7 +27,7 @@ pub enum CallError {
     Panicked(String),
     #[error("{0}")]
     BadConfig(String),
-    #[error("stuck: no return from {call} within {timeout:?}")]
+    #[error("stuck: no return from {call} within {}ms", timeout.as_secs_f64().mul_add(1000.0, 0.0).round())]
     Timeout {
         call: &'static str,
         timeout: Duration,

@@ -142,6 +142,40 @@ fn log_loaded(board: &crate::status::Board, library: &Library) {
     );
 }
 
+/// Why [`read_at_most`] read nothing: the message names the file.
+enum ReadError {
+    Io(String),
+    TooLarge(String),
+}
+
+/// The content of `path` (whose metadata said `len` bytes), unless it is more than `max`
+/// bytes: a huge file (say a sparse file of terabytes) is refused without being read, and
+/// one that grows while being read stops being read past `max`.
+fn read_at_most(path: &Path, len: u64, max: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let too_large = |len: String| {
+        ReadError::TooLarge(format!(
+            "{}: too large: {len} bytes, plugin files may be at most {max} bytes \
+             ({} MiB, host.max_plugin_bytes)",
+            path.display(),
+            max / (1024 * 1024)
+        ))
+    };
+    if len > max {
+        return Err(too_large(len.to_string()));
+    }
+    let io = |e: std::io::Error| ReadError::Io(format!("{}: cannot read: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(format!("more than {max}")));
+    }
+    Ok(bytes)
+}
+
 /// Load errors a file still being written shows.
 fn looks_partial(error: &LoadError) -> bool {
     matches!(
@@ -301,11 +335,16 @@ impl Supervisor {
             }
         }
         let stamp = Stamp::of(&meta);
-        let bytes = match std::fs::read(path) {
+        let max = self.host.max_plugin_bytes.get();
+        let bytes = match read_at_most(path, meta.len(), max) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                let message = format!("{}: cannot read: {e}", path.display());
-                self.refuse(path, "io", message, format!("io:{e}"));
+            Err(ReadError::TooLarge(message)) => {
+                let key = format!("too_large:{}", meta.len());
+                self.refuse(path, "too_large", message, key);
+                return None;
+            }
+            Err(ReadError::Io(message)) => {
+                self.refuse(path, "io", message.clone(), format!("io:{message}"));
                 return None;
             }
         };
@@ -502,8 +541,9 @@ impl Supervisor {
 
     /// Loads the file again for a container start when no generation of it is in memory.
     pub(super) async fn load_again(&mut self, path: &Path) -> Result<Arc<Library>, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        let bytes = read_at_most(path, len, self.host.max_plugin_bytes.get())
+            .map_err(|(ReadError::Io(message) | ReadError::TooLarge(message))| message)?;
         let hash = content_hash(&bytes);
         match self.load_timed(path, &bytes).await {
             Ok(library) => {
@@ -771,6 +811,33 @@ mod tests {
         assert!(!is_candidate("libecho.so~"));
         assert!(!is_candidate("README.txt"));
         assert!(!is_candidate(".#libecho.so"));
+    }
+
+    #[test]
+    fn files_above_the_limit_are_not_read() {
+        let dir = tempfile::tempdir().expect("a temp folder");
+        let path = dir.path().join("big.so");
+        let file = std::fs::File::create(&path).expect("create");
+        file.set_len(8 << 30).expect("a sparse 8 GiB file");
+        let refused = |len, max| match read_at_most(&path, len, max) {
+            Err(ReadError::TooLarge(message)) => message,
+            Err(ReadError::Io(message)) => panic!("io error: {message}"),
+            Ok(bytes) => panic!("read {} bytes", bytes.len()),
+        };
+        let message = refused(8 << 30, 1024 * 1024);
+        assert!(
+            message.contains("big.so: too large: 8589934592 bytes"),
+            "{message}"
+        );
+        assert!(
+            message.contains("at most 1048576 bytes (1 MiB"),
+            "{message}"
+        );
+        // A file that grew since its size was taken is cut off at the limit.
+        let message = refused(10, 4096);
+        assert!(message.contains("more than 4096 bytes"), "{message}");
+        std::fs::write(&path, b"small").expect("write");
+        assert!(matches!(read_at_most(&path, 5, 5), Ok(b) if b == b"small"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,19 +3,27 @@
 //! Without faults configured it is a healthy, idle container that logs each call. Config
 //! (the `config` table of the container's entry; all optional):
 //!
-//! - `panic_in`: "new", "start", "stop", "health" or "drop": panics there with
+//! - `panic_in`: "new", "start", "stop", "health", "ready" or "drop": panics there with
 //!   "chaos: panic in <call>".
-//! - `hang_in`: "new", "start", "stop" or "health": blocks there, for `hang_ms` if set,
-//!   else forever.
+//! - `hang_in`: "new", "start", "stop", "health" or "ready": blocks there, for `hang_ms` if
+//!   set, else forever.
 //! - `hang_ms`: how long `hang_in` blocks.
 //! - `fail_start`: `start` returns an error.
 //! - `fail_health_after`: `health` is unhealthy after that many checks.
+//! - `flap_health_every`: `health` flaps: that many healthy checks, then that many
+//!   unhealthy ones ("chaos: flapping ..."), and so on.
 //! - `start_delay_ms`: `start` takes this long.
 //! - `ready_after_ms`: reports itself not ready in `start`, then ready after this long
 //!   (`Context::set_ready`).
 //! - `fail_ready_after`: the readiness check fails after that many checks.
 //! - `report_failure_after_ms`: reports a failure this long after `start`
 //!   (`Context::report_failure`).
+//! - `report_failure_every_ms`: reports a failure every this many milliseconds after
+//!   `start`, until stopped ("chaos: failure N reported as configured").
+//! - `leak_thread`: `start` spawns a thread that `stop` never joins: it keeps running
+//!   (and keeps the library mapped) after the container is gone, which the host must
+//!   report as a library it could not unload.
+//! - `log_line_bytes`: `start` logs one line with a message this many bytes long.
 
 #![forbid(unsafe_code)]
 
@@ -35,10 +43,14 @@ struct Config {
     hang_ms: Option<u64>,
     fail_start: bool,
     fail_health_after: Option<u32>,
+    flap_health_every: Option<u32>,
     start_delay_ms: Option<u64>,
     ready_after_ms: Option<u64>,
     fail_ready_after: Option<u32>,
     report_failure_after_ms: Option<u64>,
+    report_failure_every_ms: Option<u64>,
+    leak_thread: bool,
+    log_line_bytes: Option<usize>,
 }
 
 /// A call into the container where a fault can be injected.
@@ -49,6 +61,7 @@ enum Call {
     Start,
     Stop,
     Health,
+    Ready,
     Drop,
 }
 
@@ -59,6 +72,7 @@ impl Call {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Health => "health",
+            Self::Ready => "ready",
             Self::Drop => "drop",
         }
     }
@@ -72,6 +86,7 @@ enum HangIn {
     Start,
     Stop,
     Health,
+    Ready,
 }
 
 impl From<HangIn> for Call {
@@ -81,6 +96,7 @@ impl From<HangIn> for Call {
             HangIn::Start => Self::Start,
             HangIn::Stop => Self::Stop,
             HangIn::Health => Self::Health,
+            HangIn::Ready => Self::Ready,
         }
     }
 }
@@ -126,8 +142,17 @@ impl Container for Chaos {
         if self.config.ready_after_ms.is_some() {
             self.ctx.set_ready(false);
         }
-        if self.config.ready_after_ms.is_some() || self.config.report_failure_after_ms.is_some() {
+        if self.config.ready_after_ms.is_some()
+            || self.config.report_failure_after_ms.is_some()
+            || self.config.report_failure_every_ms.is_some()
+        {
             self.reporter = Some(spawn_reporter(&self.ctx, &self.config));
+        }
+        if self.config.leak_thread {
+            leak_thread(&self.ctx);
+        }
+        if let Some(bytes) = self.config.log_line_bytes {
+            self.ctx.info(&long_line(bytes));
         }
         self.ctx.info("started, idling");
         Ok(())
@@ -147,6 +172,7 @@ impl Container for Chaos {
 
     fn ready(&self) -> Health {
         let check = self.ready_checks.fetch_add(1, Ordering::SeqCst) + 1;
+        inject(&self.ctx, &self.config, Call::Ready);
         match self.config.fail_ready_after {
             Some(limit) if check > limit => Health::unhealthy(format!(
                 "chaos: not ready after {limit} checks as configured"
@@ -160,7 +186,10 @@ impl Container for Chaos {
         self.ctx
             .log(Level::Debug, "health check", &[("n", &check.to_string())]);
         inject(&self.ctx, &self.config, Call::Health);
-        health_at(check, self.config.fail_health_after)
+        match self.config.flap_health_every {
+            Some(every) => flapping_health_at(check, every),
+            None => health_at(check, self.config.fail_health_after),
+        }
     }
 }
 
@@ -182,6 +211,7 @@ fn spawn_reporter(ctx: &Context, config: &Config) -> (mpsc::Sender<()>, JoinHand
     events.extend(config.ready_after_ms.map(|ms| (ms, false)));
     events.extend(config.report_failure_after_ms.map(|ms| (ms, true)));
     events.sort();
+    let every = config.report_failure_every_ms;
     let reporter = thread::spawn(move || {
         let started = Instant::now();
         for (ms, failure) in events {
@@ -196,8 +226,36 @@ fn spawn_reporter(ctx: &Context, config: &Config) -> (mpsc::Sender<()>, JoinHand
                 ctx.set_ready(true);
             }
         }
+        let Some(every) = every else { return };
+        let mut n = 0u64;
+        while hung_up.recv_timeout(Duration::from_millis(every))
+            == Err(mpsc::RecvTimeoutError::Timeout)
+        {
+            n += 1;
+            ctx.report_failure(&format!(
+                "chaos: failure {n} reported as configured (every {every} ms)"
+            ));
+        }
     });
     (wake, reporter)
+}
+
+/// Spawns a thread nobody joins: it idles until the process ends.
+fn leak_thread(ctx: &Context) {
+    ctx.log(Level::Warn, "leaking a thread", &[]);
+    thread::spawn(|| {
+        loop {
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+/// A log message `bytes` long: a prefix, then `x`s.
+fn long_line(bytes: usize) -> String {
+    let mut line = String::from("long line: ");
+    line.extend(std::iter::repeat_n('x', bytes.saturating_sub(line.len())));
+    line.truncate(bytes);
+    line
 }
 
 /// Hangs and/or panics if the config asks for it in `call`.
@@ -228,6 +286,19 @@ fn health_at(check: u32, fail_after: Option<u32>) -> Health {
             "chaos: unhealthy after {limit} checks as configured"
         )),
         _ => Health::Healthy,
+    }
+}
+
+/// Flapping: `every` healthy checks, then `every` unhealthy ones, and so on.
+fn flapping_health_at(check: u32, every: u32) -> Health {
+    let every = every.max(1);
+    if ((check - 1) / every) % 2 == 0 {
+        Health::Healthy
+    } else {
+        Health::unhealthy(format!(
+            "chaos: flapping, unhealthy for {every} of every {} checks as configured",
+            2 * every
+        ))
     }
 }
 
@@ -276,5 +347,39 @@ mod tests {
         assert_eq!(health_at(2, Some(2)), Health::Healthy);
         assert!(matches!(health_at(3, Some(2)), Health::Unhealthy(_)));
         assert!(matches!(health_at(1, Some(0)), Health::Unhealthy(_)));
+    }
+
+    #[test]
+    fn flaps_in_runs_of_the_configured_length() {
+        let healthy: Vec<bool> = (1..=8)
+            .map(|n| flapping_health_at(n, 2) == Health::Healthy)
+            .collect();
+        assert_eq!(
+            healthy,
+            [true, true, false, false, true, true, false, false]
+        );
+        assert_eq!(flapping_health_at(1, 0), Health::Healthy);
+    }
+
+    #[test]
+    fn long_lines_have_the_asked_length() {
+        assert_eq!(long_line(100).len(), 100);
+        assert!(long_line(100).starts_with("long line: x"));
+        assert_eq!(long_line(3), "lon");
+    }
+
+    #[test]
+    fn parses_the_newer_knobs() {
+        let config = parse(
+            r#"{"panic_in": "ready", "hang_in": "ready", "flap_health_every": 1,
+                "report_failure_every_ms": 100, "leak_thread": true, "log_line_bytes": 10}"#,
+        )
+        .unwrap();
+        assert_eq!(config.panic_in, Some(Call::Ready));
+        assert_eq!(config.hang_in.map(Call::from), Some(Call::Ready));
+        assert_eq!(config.flap_health_every, Some(1));
+        assert_eq!(config.report_failure_every_ms, Some(100));
+        assert!(config.leak_thread);
+        assert_eq!(config.log_line_bytes, Some(10));
     }
 }

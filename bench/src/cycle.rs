@@ -76,23 +76,26 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
                 after.rss_kib
             );
             let maps_growth = after.maps as f64 - before.maps as f64;
-            if let (true, Some(half)) = (unload, half) {
-                // A one-off (a malloc arena for a new thread) shows in the first half only;
-                // a leak per cycle shows in both.
-                let second_half = after.maps as f64 - half.maps as f64;
-                figures.add("cycle_maps_growth_second_half", second_half);
-            }
-            if unload {
-                // Name what appeared: a growth should be explained, not just counted.
-                for line in after.lines.iter().filter(|l| !before.lines.contains(l)) {
-                    println!("cycle: new mapping: {line}");
-                }
-            }
             let rss_growth =
                 (after.rss_kib as f64 - before.rss_kib as f64) / before.rss_kib as f64 * 100.0;
             if unload {
+                // Name what appeared: a growth should be explained, not just counted.
+                for line in after.lines.iter().filter(|l| !before.lines.contains(l)) {
+                    let what = if malloc_arena(line) {
+                        " (a glibc malloc arena: anonymous, on a 64 MiB boundary)"
+                    } else {
+                        ""
+                    };
+                    println!("cycle: new mapping: {line}{what}");
+                }
                 figures.add_goal("cycle_maps_growth", maps_growth, Goal::AtMost(0.0));
                 figures.add_goal("cycle_rss_growth_pct", rss_growth, Goal::AtMost(5.0));
+                if let Some(half) = half {
+                    // A one-off (such as a malloc arena for one more concurrent thread)
+                    // shows in the first half only; a leak per cycle shows in both.
+                    let second_half = after.maps as f64 - half.maps as f64;
+                    figures.add("cycle_maps_growth_second_half", second_half);
+                }
             } else {
                 figures.add("cycle_maps_growth_never_unload", maps_growth);
                 figures.add("cycle_rss_growth_pct_never_unload", rss_growth);
@@ -102,6 +105,20 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
         }
         Ok(())
     })
+}
+
+/// Whether a `/proc/self/maps` line looks like part of a glibc malloc arena: anonymous,
+/// starting or ending on a 64 MiB boundary (`HEAP_MAX_SIZE` on 64-bit).
+fn malloc_arena(line: &str) -> bool {
+    const ARENA: u64 = 64 << 20;
+    let mut fields = line.split_whitespace();
+    let range = fields.next().unwrap_or_default();
+    let anonymous = fields.nth(3) == Some("0") && fields.next().is_none();
+    let aligned = range
+        .split('-')
+        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+        .any(|address| address % ARENA == 0);
+    anonymous && aligned
 }
 
 /// One cycle; returns the library when it is not to be unloaded.

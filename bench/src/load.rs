@@ -52,7 +52,7 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
         };
         println!(
             "load: {count} plugins, medians of {reps} runs, ms per plugin: host {:.2} (of which \
-             loading {:.2}); floor {:.2} (read {:.2}, load {:.2}, spawn+construct+start {:.2})",
+             its load metric {:.2}); floor {:.2} (read {:.2}, load {:.2}, spawn+construct+start {:.2})",
             step(&host, |s| s.total),
             step(&host, |s| s.load),
             step(&floor, |s| s.total),
@@ -81,7 +81,9 @@ struct Steps {
     total: Duration,
     /// Reading the file.
     read: Duration,
-    /// `Loader::load_bytes`: checks, hash, private copy, open (the host's own metric).
+    /// Floor: `Loader::load_bytes` (hash, checks, private copy, open). Host: its
+    /// `balut_library_load_duration_seconds` (the same without the hash, which the host
+    /// computes when it looks at the file).
     load: Duration,
     /// Spawning the worker, construct and start.
     start: Duration,

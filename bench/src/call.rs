@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use balut_plugin_api::{Container, Error};
 
 use crate::Artifacts;
-use crate::inproc::{self, Bench, TIMEOUT};
+use crate::inproc::{self, Bench, PluginFile, TIMEOUT};
 use crate::report::{Figures, Goal, percentile, us};
 
 /// Direct calls are timed in batches: one is far below the clock's resolution.
@@ -21,16 +21,12 @@ const BATCH: u32 = 100;
 
 pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow::Result<()> {
     let calls = if quick { 20_000 } else { 100_000 };
-    let bytes = std::fs::read(&artifacts.chaos)?;
-    let work = tempfile::tempdir()?;
-    let file = work.path().join("libchaos.so");
-    std::fs::write(&file, &bytes)?;
-    let copy_dir = work.path().to_owned();
+    let plugin = PluginFile::copy_of(&artifacts.chaos)?;
     let runtime = inproc::runtime()?;
     // On a runtime worker thread, as the host's probe tasks run.
     let task = runtime.spawn(async move {
-        let mut bench = Bench::new(Some(&copy_dir))?;
-        let library = bench.load(&file, &bytes).await?;
+        let mut bench = Bench::new(Some(plugin.dir.path()))?;
+        let library = bench.load(&plugin.file, &plugin.bytes).await?;
         let container = bench.start("chaos", &library).await?;
         drop(library);
         for _ in 0..1000 {

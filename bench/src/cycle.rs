@@ -10,7 +10,7 @@ use anyhow::Context;
 use balut::loader::Library;
 
 use crate::Artifacts;
-use crate::inproc::{self, Bench};
+use crate::inproc::{self, Bench, PluginFile};
 use crate::report::{Figures, Goal};
 
 /// The process's mappings and resident memory.
@@ -43,12 +43,9 @@ impl Memory {
 
 pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow::Result<()> {
     let cycles = if quick { 200 } else { 1000 };
-    let bytes = std::fs::read(&artifacts.chaos)?;
-    let work = tempfile::tempdir()?;
-    let file = work.path().join("libchaos.so");
-    std::fs::write(&file, &bytes)?;
+    let PluginFile { dir, file, bytes } = PluginFile::copy_of(&artifacts.chaos)?;
     inproc::runtime()?.block_on(async {
-        let mut bench = Bench::new(Some(work.path()))?;
+        let mut bench = Bench::new(Some(dir.path()))?;
         for unload in [true, false] {
             let mut kept = Vec::new();
             // One warm-up cycle: first-use allocations are not growth.

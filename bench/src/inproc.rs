@@ -3,7 +3,7 @@
 //! from a private copy, spawn its worker, construct, start; then stop, dispose, finish
 //! (join the thread) and unload once nothing else holds the library.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,24 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("building the tokio runtime")
+}
+
+/// A copy of a plugin file in a temporary folder of its own, which also takes the private
+/// copies of its generations.
+pub struct PluginFile {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+impl PluginFile {
+    pub fn copy_of(library: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(library)?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("libchaos.so");
+        std::fs::write(&file, &bytes)?;
+        Ok(Self { dir, file, bytes })
+    }
 }
 
 /// What the supervisor would hold: the loader and the channel containers' notices go to.

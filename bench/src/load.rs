@@ -24,7 +24,7 @@ use crate::plugins::Template;
 use crate::report::{Figures, Goal, median, ms};
 
 /// Plugin counts, each with its repetitions (full, quick).
-const SIZES: [(usize, usize, usize); 3] = [(1, 15, 5), (10, 5, 3), (50, 3, 2)];
+const SIZES: [(usize, usize, usize); 3] = [(1, 15, 5), (10, 5, 3), (50, 5, 2)];
 
 pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow::Result<()> {
     let template = Template::new(std::fs::read(&artifacts.chaos)?)?;

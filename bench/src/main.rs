@@ -124,6 +124,9 @@ fn build() -> anyhow::Result<Artifacts> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(&root)
+        // With this benchmark's own package too: features are unified over the packages
+        // of a build, so without it this build and `cargo run -p balut-bench` would each
+        // rebuild the host in turn.
         .args([
             "build",
             "--release",
@@ -131,6 +134,8 @@ fn build() -> anyhow::Result<Artifacts> {
             "balut",
             "-p",
             "balut-plugin-chaos",
+            "-p",
+            "balut-bench",
         ])
         .status()
         .context("running cargo build")?;

@@ -122,7 +122,26 @@ fn build() -> anyhow::Result<Artifacts> {
         .context("workspace root")?
         .to_owned();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // What `cargo run` set for this package: build scripts that watch these variables
+    // (ring's does) would otherwise see a change and rebuild, here and in the next
+    // `cargo run`, every time.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&&*name)
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let status = command
         .current_dir(&root)
         // With this benchmark's own package too: features are unified over the packages
         // of a build, so without it this build and `cargo run -p balut-bench` would each

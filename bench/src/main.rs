@@ -1,72 +1,151 @@
-//! Balut's benchmarks. `cargo run --release -p balut-bench [-- --quick] [-- reload]`.
+//! Balut's benchmarks. `cargo run --release -p balut-bench [-- --quick] [-- NAME...]`.
 //!
-//! Each benchmark drives a real release build of the host over its real interfaces (files,
-//! HTTP) and prints what it measured. Nothing here asserts a figure.
+//! Each benchmark drives a release build of the real host (over files, HTTP and signals) or
+//! its loader (`balut::loader`, in this process) and prints what it measured; nothing here
+//! asserts a figure. The figures go to `target/balut-bench/summary.json` and a table at the
+//! end. docs/BENCHMARKS.md defines each one.
 //!
-//! - `reload`: time from the `rename` of a new version of a plugin into the watched folder
-//!   to the new generation's container being `running`, over many reloads.
+//! - `load`: file -> `running` per plugin through the host, against the floor (the same
+//!   steps by hand), at 1, 10 and 50 plugins.
+//! - `reload`: `rename` of a new version -> new generation `running`.
+//! - `scale` (alias `status`): 1,000 instances: start, status endpoints under load, idle
+//!   CPU, stop on SIGTERM.
+//! - `call`: one health probe round trip through `Worker::health`, beside a direct call.
+//! - `cycle`: memory after 1,000 load/start/stop/unload cycles, beside a loader that never
+//!   unloads.
 
-use std::io::{BufRead, BufReader};
+mod call;
+mod cycle;
+mod host;
+mod inproc;
+mod load;
+mod plugins;
+mod reload;
+mod report;
+mod scale;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
-struct Options {
-    quick: bool,
-    which: Vec<String>,
-}
+use crate::report::Figures;
 
-fn main() -> anyhow::Result<()> {
-    let mut options = Options {
-        quick: false,
-        which: Vec::new(),
-    };
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "reload" | "status" => options.which.push(arg),
-            other => bail!("unknown argument {other:?}; use --quick and/or: reload, status"),
+type Benchmark = fn(&Artifacts, bool, &mut Figures) -> anyhow::Result<()>;
+
+/// Every benchmark, in the order they run. `cycle` is last: its never-unloading half
+/// leaves a thousand libraries mapped in this process.
+const BENCHMARKS: [(&str, Benchmark); 5] = [
+    ("load", load::run),
+    ("reload", reload::run),
+    ("scale", scale::run),
+    ("call", call::run),
+    ("cycle", cycle::run),
+];
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("balut-bench: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    let all = options.which.is_empty();
+}
+
+/// Runs the chosen benchmarks; false when one of them could not run to its end.
+fn run() -> anyhow::Result<bool> {
+    let names: Vec<&str> = BENCHMARKS.iter().map(|(name, _)| *name).collect();
+    let mut quick = false;
+    let mut chosen: Vec<&str> = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "status" => chosen.push("scale"),
+            other => match names.iter().find(|n| **n == other) {
+                Some(name) => chosen.push(name),
+                None => bail!(
+                    "unknown argument {other:?}; use --quick and/or: {} (status = scale)",
+                    names.join(", ")
+                ),
+            },
+        }
+    }
+    if chosen.is_empty() {
+        chosen = names.clone();
+    }
     let artifacts = build()?;
-    println!("machine: {} cores; release build", cores());
-    if all || options.which.iter().any(|w| w == "reload") {
-        reload(&artifacts, if options.quick { 50 } else { 200 })?;
+    println!(
+        "machine: {} cores; release build; {}",
+        report::cores(),
+        if quick { "quick run" } else { "full run" }
+    );
+    let began = Instant::now();
+    let mut figures = Figures::default();
+    for (name, benchmark) in BENCHMARKS {
+        if !chosen.contains(&name) {
+            continue;
+        }
+        println!("\n== {name}");
+        let one = Instant::now();
+        if let Err(e) = benchmark(&artifacts, quick, &mut figures) {
+            figures.failed(name, &e);
+        }
+        println!("({name}: {:.1} s)", one.elapsed().as_secs_f64());
     }
-    if all || options.which.iter().any(|w| w == "status") {
-        let containers = if options.quick { 200 } else { 1000 };
-        status(
-            &artifacts,
-            containers,
-            Duration::from_secs(if options.quick { 3 } else { 10 }),
-        )?;
-    }
-    Ok(())
+    let summary = artifacts.target.join("balut-bench").join("summary.json");
+    chosen.sort_by_key(|c| names.iter().position(|n| n == c));
+    chosen.dedup();
+    figures.write_summary(&summary, quick, &chosen)?;
+    println!(
+        "\n{}\nall benchmarks: {:.1} s; figures in {}",
+        figures.table(),
+        began.elapsed().as_secs_f64(),
+        summary.display()
+    );
+    Ok(!figures.any_failed())
 }
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-struct Artifacts {
+pub struct Artifacts {
     balut: PathBuf,
     chaos: PathBuf,
+    /// The cargo target folder.
+    target: PathBuf,
 }
 
-/// Builds the host and the plugins the benchmarks use, in release mode.
+/// Builds the host and the plugin the benchmarks use, in release mode.
 fn build() -> anyhow::Result<Artifacts> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?
         .to_owned();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // What `cargo run` set for this package: build scripts that watch these variables
+    // (ring's does) would otherwise see a change and rebuild, here and in the next
+    // `cargo run`, every time.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&&*name)
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let status = command
         .current_dir(&root)
+        // With this benchmark's own package too: features are unified over the packages
+        // of a build, so without it this build and `cargo run -p balut-bench` would each
+        // rebuild the host in turn.
         .args([
             "build",
             "--release",
@@ -74,6 +153,8 @@ fn build() -> anyhow::Result<Artifacts> {
             "balut",
             "-p",
             "balut-plugin-chaos",
+            "-p",
+            "balut-bench",
         ])
         .status()
         .context("running cargo build")?;
@@ -82,230 +163,11 @@ fn build() -> anyhow::Result<Artifacts> {
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("release");
+        .unwrap_or_else(|| root.join("target"));
+    let release = target.join("release");
     Ok(Artifacts {
-        balut: target.join("balut"),
-        chaos: target.join("libchaos.so"),
+        balut: release.join("balut"),
+        chaos: release.join("libchaos.so"),
+        target,
     })
-}
-
-/// A running host, killed on drop.
-struct Host {
-    child: Child,
-    addr: String,
-    agent: ureq::Agent,
-}
-
-impl Host {
-    fn start(balut: &Path, plugin_dir: &Path, tmp: &Path) -> anyhow::Result<Self> {
-        Self::start_with(balut, plugin_dir, tmp, None)
-    }
-
-    fn start_with(
-        balut: &Path,
-        plugin_dir: &Path,
-        tmp: &Path,
-        config: Option<&Path>,
-    ) -> anyhow::Result<Self> {
-        let mut command = Command::new(balut);
-        command
-            .args(["run", "--listen", "127.0.0.1:0", "--plugin-dir"])
-            .arg(plugin_dir);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
-        }
-        let mut child = command
-            .env("RUST_LOG", "warn,balut=info")
-            .env("TMPDIR", tmp)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting balut")?;
-        let stderr = child.stderr.take().context("host stderr")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("addr=") {
-                    let addr = line[at + 5..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_owned();
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("the host did not print its address")?;
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
-        Ok(Self { child, addr, agent })
-    }
-
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let url = format!("http://{}{path}", self.addr);
-        Ok(self.agent.get(&url).call()?.body_mut().read_json()?)
-    }
-
-    fn container(&self, name: &str) -> anyhow::Result<Value> {
-        self.get(&format!("/v1/containers/{name}"))
-    }
-
-    /// Polls until `name` runs generation `generation`; returns when that was seen.
-    fn wait_generation(
-        &self,
-        name: &str,
-        generation: u64,
-        limit: Duration,
-    ) -> anyhow::Result<Instant> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let c = self.container(name)?;
-            if c["state"] == "running" && c["generation"].as_u64() == Some(generation) {
-                return Ok(Instant::now());
-            }
-            if Instant::now() > deadline {
-                bail!("{name} did not reach generation {generation}: {c}");
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-/// Reload latency: rename of a new version -> new generation running.
-fn reload(artifacts: &Artifacts, reloads: usize) -> anyhow::Result<()> {
-    let work = tempfile::tempdir()?;
-    let plugins = work.path().join("plugins");
-    let staging = work.path().join("staging");
-    let tmp = work.path().join("tmp");
-    for dir in [&plugins, &staging, &tmp] {
-        std::fs::create_dir(dir)?;
-    }
-    let original = std::fs::read(&artifacts.chaos)?;
-    let target = plugins.join("libchaos.so");
-    std::fs::write(&target, &original)?;
-    let host = Host::start(&artifacts.balut, &plugins, &tmp)?;
-    host.wait_generation("chaos", 1, Duration::from_secs(60))?;
-
-    let mut latencies = Vec::with_capacity(reloads);
-    for i in 0..reloads {
-        // A new version: the same library with different trailing bytes (a new hash).
-        let mut bytes = original.clone();
-        bytes.extend_from_slice(format!("version {i}").as_bytes());
-        let staged = staging.join("libchaos.so");
-        std::fs::write(&staged, &bytes)?;
-        let began = Instant::now();
-        std::fs::rename(&staged, &target)?;
-        let running = host.wait_generation("chaos", i as u64 + 2, Duration::from_secs(30))?;
-        latencies.push(running - began);
-    }
-    latencies.sort();
-    println!(
-        "reload: {reloads} reloads of a {:.1} MB plugin: reload_p50_ms {} reload_p99_ms {} (min {}, max {}); goal p50 <= 100, p99 <= 250",
-        original.len() as f64 / 1e6,
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(latencies[0]),
-        ms(latencies[latencies.len() - 1]),
-    );
-    Ok(())
-}
-
-/// Status endpoint under load: `containers` chaos instances; one container's status and
-/// the full list, each hammered by client threads with keep-alive connections.
-fn status(artifacts: &Artifacts, containers: usize, each: Duration) -> anyhow::Result<()> {
-    let work = tempfile::tempdir()?;
-    let plugins = work.path().join("plugins");
-    let tmp = work.path().join("tmp");
-    std::fs::create_dir(&plugins)?;
-    std::fs::create_dir(&tmp)?;
-    std::fs::copy(&artifacts.chaos, plugins.join("libchaos.so"))?;
-    let mut config = String::new();
-    for i in 0..containers {
-        config.push_str(&format!("[containers.c{i}]\nplugin = \"chaos\"\n"));
-    }
-    let config_path = work.path().join("balut.toml");
-    std::fs::write(&config_path, config)?;
-    let began = Instant::now();
-    let host = Host::start_with(&artifacts.balut, &plugins, &tmp, Some(&config_path))?;
-    let last = format!("c{}", containers - 1);
-    host.wait_generation(&last, 1, Duration::from_secs(120))?;
-    println!(
-        "status: {containers} containers running after {} ms",
-        began.elapsed().as_millis()
-    );
-    for (what, path) in [
-        ("one container", "/v1/containers/c0".to_owned()),
-        ("full list", "/v1/containers".to_owned()),
-    ] {
-        let (count, latencies) = hammer(&host.addr, &path, 4, each)?;
-        println!(
-            "status {what} ({path}): {:.0} requests/s, p50 {} ms, p99 {} ms ({count} requests, 4 client threads on the same {} cores)",
-            count as f64 / each.as_secs_f64(),
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99)),
-            cores(),
-        );
-    }
-    Ok(())
-}
-
-/// `threads` clients, each on its own keep-alive connection, GET `path` for `each`.
-fn hammer(
-    addr: &str,
-    path: &str,
-    threads: usize,
-    each: Duration,
-) -> anyhow::Result<(usize, Vec<Duration>)> {
-    let url = format!("http://{addr}{path}");
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let url = url.clone();
-            std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
-                let agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .new_agent();
-                let mut latencies = Vec::new();
-                let end = Instant::now() + each;
-                while Instant::now() < end {
-                    let began = Instant::now();
-                    let mut response = agent.get(&url).call()?;
-                    let _ = response.body_mut().read_to_vec()?;
-                    latencies.push(began.elapsed());
-                }
-                Ok(latencies)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for worker in workers {
-        let latencies = worker
-            .join()
-            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
-        all.extend(latencies);
-    }
-    all.sort();
-    Ok((all.len(), all))
 }

@@ -185,10 +185,16 @@ fn looks_partial(error: &LoadError) -> bool {
 }
 
 impl Supervisor {
-    /// Loads `bytes` as a new generation of `path`, counting and timing it in the metrics.
-    async fn load_timed(&mut self, path: &Path, bytes: &[u8]) -> Result<Arc<Library>, LoadError> {
+    /// Loads `bytes` (whose [`content_hash`] is `hash`) as a new generation of `path`,
+    /// counting and timing it in the metrics.
+    async fn load_timed(
+        &mut self,
+        path: &Path,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<Arc<Library>, LoadError> {
         let began = std::time::Instant::now();
-        let result = self.loader.load_bytes(path, bytes).await;
+        let result = self.loader.load_hashed(path, bytes, hash.to_owned()).await;
         self.board.metrics.load(result.is_ok(), began.elapsed());
         result
     }
@@ -510,7 +516,7 @@ impl Supervisor {
         meta: &Metadata,
     ) -> Option<Instant> {
         self.set_file_state(path, FileState::Loading);
-        let library = match self.load_timed(path, bytes).await {
+        let library = match self.load_timed(path, bytes, &hash).await {
             Ok(library) => library,
             Err(e) => {
                 if looks_partial(&e) {
@@ -545,7 +551,7 @@ impl Supervisor {
         let bytes = read_at_most(path, len, self.host.max_plugin_bytes.get())
             .map_err(|(ReadError::Io(message) | ReadError::TooLarge(message))| message)?;
         let hash = content_hash(&bytes);
-        match self.load_timed(path, &bytes).await {
+        match self.load_timed(path, &bytes, &hash).await {
             Ok(library) => {
                 if self.install(path, library.clone(), hash) {
                     Ok(library)
@@ -574,7 +580,7 @@ impl Supervisor {
         let file = file_name(path);
         let began = std::time::Instant::now();
         self.set_file_state(path, FileState::Loading);
-        let new = match self.load_timed(path, bytes).await {
+        let new = match self.load_timed(path, bytes, &hash).await {
             Ok(new) => new,
             Err(e) => {
                 if looks_partial(&e) {

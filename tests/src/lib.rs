@@ -663,6 +663,12 @@ fn read_all(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
 
 fn balut_command() -> Command {
     let mut cmd = Command::new(&build().balut);
+    balut_env(&mut cmd);
+    cmd
+}
+
+/// The environment every host and client process of the tests gets.
+fn balut_env(cmd: &mut Command) {
     // With RUST_BACKTRACE set, a plugin's panic leaves a read-only mapping of the plugin
     // behind after dlclose (std's symbol cache): tests that read /proc/<pid>/maps need it off.
     cmd.env("RUST_LOG", "info")
@@ -674,7 +680,6 @@ fn balut_command() -> Command {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
-    cmd
 }
 
 /// One log line and the stream it came from.
@@ -729,10 +734,34 @@ impl Host {
         Host::spawn_with(args, tmpdir, &env)
     }
 
+    /// Runs the host on `dir` bound by file modes like any other user: when the tests run
+    /// as root, the host runs without the capabilities that let root read and search any
+    /// file (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`, dropped by `setpriv` from util-linux).
+    pub fn start_bound_by_file_modes(dir: &PluginDir) -> Host {
+        let mut cmd = if nix::unistd::geteuid().is_root() {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+                .arg(&build().balut);
+            cmd
+        } else {
+            Command::new(&build().balut)
+        };
+        balut_env(&mut cmd);
+        Host::spawn_command(cmd, dir.run_args(), Some(dir.tmp()), &[])
+    }
+
     /// [`Host::spawn`] with extra environment variables. `--listen 127.0.0.1:0` is added
     /// unless `args` has a `--listen` of its own.
     pub fn spawn_with(args: Vec<OsString>, tmpdir: Option<PathBuf>, env: &[(&str, &str)]) -> Host {
-        let mut cmd = balut_command();
+        Host::spawn_command(balut_command(), args, tmpdir, env)
+    }
+
+    fn spawn_command(
+        mut cmd: Command,
+        args: Vec<OsString>,
+        tmpdir: Option<PathBuf>,
+        env: &[(&str, &str)],
+    ) -> Host {
         cmd.args(&args);
         if !args.iter().any(|a| a == "--listen") {
             cmd.arg("--listen").arg("127.0.0.1:0");

@@ -62,6 +62,26 @@ pub fn check_folder(dir: &Path) -> Result<(), TrustError> {
     }
 }
 
+/// Checks `folder` and every folder between it and `file`, a path inside it: whoever can
+/// write one of them can put another file in `file`'s place. Run before each load, so a
+/// plugin folder made writable after start-up, or a symlink to a file in a writable
+/// sub-folder, is refused too.
+pub fn check_folders_to(folder: &Path, file: &Path) -> Result<(), TrustError> {
+    let mut chain: Vec<&Path> = file
+        .ancestors()
+        .skip(1)
+        .take_while(|dir| dir.starts_with(folder))
+        .collect();
+    chain.reverse();
+    for dir in chain {
+        // A folder that cannot be read is reported by the read of the file itself.
+        if let Ok(meta) = std::fs::metadata(dir) {
+            check(dir, &meta)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +108,33 @@ mod tests {
             err.to_string().contains("writable by everyone (mode 777)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_folder_from_the_plugin_folder_down_to_the_file_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("plugins");
+        let sub = folder.join("versions");
+        fs::create_dir_all(&sub).unwrap();
+        let file = sub.join("x.so");
+        fs::write(&file, b"x").unwrap();
+        for path in [&folder, &sub] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // What lies above the plugin folder is not checked (here made world-writable; it
+        // is often a sticky, world-writable /tmp).
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(check_folders_to(&folder, &file), Ok(()));
+
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o775)).unwrap();
+        let err = check_folders_to(&folder, &file).unwrap_err().to_string();
+        assert!(err.contains("versions is writable by its group"), "{err}");
+
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(&folder, fs::Permissions::from_mode(0o757)).unwrap();
+        let err = check_folders_to(&folder, &folder.join("y.so"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("plugins is writable by everyone"), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use balut_tests::{
 };
 use serde_json::Value;
 
-use crate::{echo_entry, terminate_cleanly};
+use crate::{echo_entry, terminate_cleanly, ticker_entry};
 
 /// A uid that is neither root nor (when the tests run as root) the host's user.
 const OTHER_UID: u32 = 65534;
@@ -167,5 +167,51 @@ fn writable_plugin_file_is_untrusted_and_others_keep_running() {
     );
     let entry = host.wait_plugin_status("libchaos.so", "loaded", STATE_TIMEOUT);
     assert!(entry["error_kind"].is_null(), "{entry}");
+    terminate_cleanly(host);
+}
+
+#[test]
+fn writable_folders_on_the_way_are_untrusted_even_after_start() {
+    let mut dir = PluginDir::with(&[Lib::HttpEcho]);
+    let ticks = dir.path().join("ticks.log");
+    dir.write_config(&format!(
+        "{}{}",
+        echo_entry("web", "still here"),
+        ticker_entry("ticker", &ticks, 1000)
+    ));
+    // A symlink to a plugin in a sub-folder that its group can write.
+    let versions = dir.plugins().join("versions");
+    std::fs::create_dir(&versions).expect("mkdir versions");
+    balut_tests::write_bytes(&versions.join("chaos-2.so"), &lib_bytes(Lib::Chaos));
+    set_mode(&versions, 0o775);
+    std::os::unix::fs::symlink("versions/chaos-2.so", dir.plugins().join("libchaos.so"))
+        .expect("symlink");
+    let host = Host::start(&dir);
+    host.wait_state("web", "running", STATE_TIMEOUT);
+    let entry = host.wait_plugin_status("libchaos.so", "error", STATE_TIMEOUT);
+    assert_untrusted_file(&entry, "versions", "775");
+
+    // The plugin folder made writable after start-up: a new file is refused.
+    let plugins = dir.plugins();
+    set_mode(&plugins, 0o775);
+    let staged = dir.staging().join("libticker.so");
+    balut_tests::write_bytes(&staged, &lib_bytes(Lib::Ticker));
+    std::fs::rename(&staged, plugins.join("libticker.so")).expect("mv into the folder");
+    let entry = host.wait_plugin_status("libticker.so", "error", STATE_TIMEOUT);
+    assert_untrusted_file(&entry, &plugins.display().to_string(), "775");
+    assert_ne!(host.state("ticker"), "running");
+
+    // Both fixed: both load.
+    set_mode(&plugins, 0o755);
+    set_mode(&versions, 0o755);
+    // A chmod of a folder is no event on the files: the periodic rescan finds them.
+    host.wait_state("chaos", "running", STATE_TIMEOUT);
+    host.wait_state("ticker", "running", STATE_TIMEOUT);
+    for file in ["libchaos.so", "libticker.so"] {
+        let entry = host.wait_plugin_status(file, "loaded", STATE_TIMEOUT);
+        assert!(entry["error_kind"].is_null(), "{entry}");
+    }
+    let web = host.container("web");
+    assert_eq!(web["state"], "running", "{web}");
     terminate_cleanly(host);
 }

@@ -314,10 +314,15 @@ impl Supervisor {
             self.refuse(path, "not_a_file", message, "folder".into());
             return None;
         }
+        // The file the library's bytes come from: the symlink's target, inside the folder.
+        let mut real = path.to_owned();
         if link.file_type().is_symlink() {
-            if let Err((kind, message)) = self.check_symlink(path) {
-                self.refuse(path, kind, message.clone(), message);
-                return None;
+            match self.check_symlink(path) {
+                Ok(target) => real = target,
+                Err((kind, message)) => {
+                    self.refuse(path, kind, message.clone(), message);
+                    return None;
+                }
             }
         }
         let meta = match std::fs::metadata(path) {
@@ -334,7 +339,9 @@ impl Supervisor {
             return None;
         }
         if self.settings.strict_modes {
-            if let Err(e) = trust::check(path, &meta) {
+            let trusted = trust::check_folders_to(&self.settings.plugin_dir, &real)
+                .and_then(|()| trust::check(path, &meta));
+            if let Err(e) = trusted {
                 let message = e.to_string();
                 self.refuse(path, "untrusted", message.clone(), message);
                 return None;
@@ -379,13 +386,13 @@ impl Supervisor {
 
     /// A symlink is followed only when its target is inside the plugin folder. A dangling
     /// or looping link is an `io` error; one leading outside is `untrusted`.
-    fn check_symlink(&self, path: &Path) -> Result<(), (&'static str, String)> {
+    fn check_symlink(&self, path: &Path) -> Result<PathBuf, (&'static str, String)> {
         let target = std::fs::canonicalize(path).map_err(|e| {
             let message = format!("{}: cannot resolve the symlink: {e}", path.display());
             ("io", message)
         })?;
         if target.starts_with(&self.settings.plugin_dir) {
-            Ok(())
+            Ok(target)
         } else {
             Err((
                 "untrusted",

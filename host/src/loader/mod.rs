@@ -1,8 +1,10 @@
 //! Loading and unloading plugin libraries. All of the host's `unsafe` lives in this module.
 //!
-//! A load ([`Loader::load`]) reads the plugin file once, checks those bytes ([`elf`]), gates
-//! on the declared interface version, writes them to a private copy with a unique name per
-//! generation, and opens the copy on a thread that is joined before `load` returns. Every
+//! A load ([`Loader::load_bytes`], or [`Loader::load_hashed`] with the content hash already
+//! known) takes the plugin file's bytes, read once by the caller, checks them (the ELF
+//! checks of `loader/elf.rs`), gates on the declared interface version, writes them to a
+//! private copy with a unique name per generation, and opens the copy on a thread that is
+//! joined before the load returns. Every
 //! later call into the library runs on a [`Worker`] thread the host owns for one container.
 //! [`Library::unload`] closes the library once nothing holds it, deletes the copy and
 //! verifies with `/proc/self/maps` that the copy is really gone.

@@ -312,13 +312,17 @@ fn restart_storm_ends_in_quarantine_until_a_manual_restart() {
 fn hanging_stop_cannot_outlast_the_shutdown_budget() {
     // Two containers whose stop never returns, each with a 10 s stop timeout: only the
     // overall 1.5 s budget can end the shutdown in time.
+    // `calm`, registered first, is stopped last: the budget is gone by then, so it is not
+    // called at all and the reason says so (it did nothing wrong).
     let mut dir = PluginDir::with(&[Lib::Chaos]);
     dir.write_config(&format!(
-        "[host]\nshutdown_timeout_ms = 1500\n{}stop_timeout_ms = 10000\n{}stop_timeout_ms = 10000\n",
+        "[host]\nshutdown_timeout_ms = 1500\n{}{}stop_timeout_ms = 10000\n{}stop_timeout_ms = 10000\n",
+        chaos_entry("calm", ""),
         chaos_entry("stuck-1", "hang_in = \"stop\""),
         chaos_entry("stuck-2", "hang_in = \"stop\""),
     ));
     let mut host = Host::start(&dir);
+    host.wait_state("calm", "running", STATE_TIMEOUT);
     host.wait_state("stuck-1", "running", STATE_TIMEOUT);
     host.wait_state("stuck-2", "running", STATE_TIMEOUT);
     let started = Instant::now();
@@ -337,13 +341,18 @@ fn hanging_stop_cannot_outlast_the_shutdown_budget() {
         "a container stuck in stop makes the exit unclean: {status}\n{}",
         host.logs()
     );
-    for name in ["stuck-1", "stuck-2"] {
+    for name in ["stuck-1", "stuck-2", "calm"] {
         assert!(
             !lines_of(&host, "did not stop cleanly", name).is_empty(),
             "no `did not stop cleanly container={name}` line\n{}",
             host.logs()
         );
     }
+    let calm = lines_of(&host, "did not stop cleanly", "calm");
+    assert!(
+        calm.iter().any(|l| l.contains("shutdown budget (1500 ms")),
+        "calm's reason should be the used-up budget: {calm:?}"
+    );
 }
 
 #[test]

@@ -594,10 +594,26 @@ impl Supervisor {
                 continue;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = self.containers[index]
-                .stop_timeout
-                .min(left)
-                .max(Duration::from_millis(1));
+            if left.is_zero() {
+                // Not called at all: a stop with no time left would fail and blame a
+                // container that did nothing wrong. Its thread and library are abandoned
+                // to the exiting process.
+                let reason = format!(
+                    "not stopped: the shutdown budget ({} ms, host.shutdown_timeout_ms) was used up before its turn",
+                    budget.as_millis()
+                );
+                if let Some(mut instance) = self.containers[index].instance.take() {
+                    if let Some(task) = instance.probe_task.take() {
+                        task.abort();
+                    }
+                    instance.services.request_stop();
+                }
+                let name = self.containers[index].name.clone();
+                self.fail(&name, reason.clone());
+                report.failures.push((name, reason));
+                continue;
+            }
+            let timeout = self.containers[index].stop_timeout.min(left);
             if let Err(reason) = self.stop_container(index, timeout).await {
                 report
                     .failures

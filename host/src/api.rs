@@ -24,7 +24,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tracing::warn;
 
 use crate::events::Event;
-use crate::status::{Board, State as ContainerState};
+use crate::status::{Board, ContainerStatus, State as ContainerState};
 use crate::supervisor::{ControlError, SupervisorHandle};
 
 #[derive(Clone)]
@@ -34,7 +34,7 @@ struct AppState {
     /// Mutating requests must bring it as `Authorization: Bearer TOKEN` when set.
     token: Option<Arc<str>>,
     /// The last rendering of the container list and the board version it shows.
-    list_cache: Arc<Mutex<Option<(u64, Bytes)>>>,
+    list_cache: Arc<Mutex<ListCache>>,
 }
 
 /// The largest request body the API accepts. No route reads a body; a client sending a
@@ -183,35 +183,67 @@ fn json_bytes(value: &impl serde::Serialize) -> Response {
     }
 }
 
+/// The last rendering of the container list: the board version it shows, the whole body,
+/// and each container's JSON with the status it was made from.
+#[derive(Default)]
+struct ListCache {
+    version: Option<u64>,
+    body: Bytes,
+    parts: Vec<(ContainerStatus, Vec<u8>)>,
+}
+
+impl ListCache {
+    /// Brings the rendering up to `version` of `containers`, serializing again only the
+    /// containers that changed: with 1,000 containers and a probe result every few
+    /// milliseconds, most changes touch one of them.
+    fn update(&mut self, version: u64, containers: &[ContainerStatus]) -> serde_json::Result<()> {
+        if self.version == Some(version) {
+            return Ok(());
+        }
+        let mut parts = Vec::with_capacity(containers.len());
+        let mut old = std::mem::take(&mut self.parts).into_iter();
+        for status in containers {
+            // The board keeps containers in registration order, so an unchanged one is at
+            // the same place as last time.
+            let part = match old.next() {
+                Some((cached, json)) if cached == *status => (cached, json),
+                _ => (status.clone(), serde_json::to_vec(status)?),
+            };
+            parts.push(part);
+        }
+        let mut body =
+            Vec::with_capacity(parts.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 16);
+        body.extend_from_slice(b"{\"containers\":[");
+        for (i, (_, json)) in parts.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(json);
+        }
+        body.extend_from_slice(b"]}");
+        self.parts = parts;
+        self.body = Bytes::from(body);
+        self.version = Some(version);
+        Ok(())
+    }
+}
+
 /// `GET /v1/containers`, served from a rendering cached until the board changes: under
-/// load most requests then cost a reference-count increment, not a serialization.
+/// load most requests then cost a reference-count increment, and a change costs the
+/// serialization of the containers that changed.
 async fn list_containers(State(app): State<AppState>) -> Response {
-    #[derive(serde::Serialize)]
-    struct List<'a> {
-        containers: &'a [crate::status::ContainerStatus],
-    }
-    let json = |body: Bytes| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    {
-        let (version, _board) = app.board.read_versioned();
-        let cache = app
-            .list_cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, body)) = cache.as_ref().filter(|(v, _)| *v == version) {
-            return json(body.clone());
-        }
-    }
+    // One request renders while the others wait for its result rather than rendering too.
+    let mut cache = app
+        .list_cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let (version, board) = app.board.read_versioned();
-    match serde_json::to_vec(&List {
-        containers: &board.containers,
-    }) {
-        Ok(body) => {
-            let body = Bytes::from(body);
-            *app.list_cache
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some((version, body.clone()));
-            json(body)
-        }
+    match cache.update(version, &board.containers) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            cache.body.clone(),
+        )
+            .into_response(),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("serializing the status: {e}"),
@@ -381,5 +413,69 @@ async fn reload(State(app): State<AppState>) -> Response {
         Some(Ok(report)) => Json(report).into_response(),
         Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::State;
+
+    fn status(name: &str) -> ContainerStatus {
+        ContainerStatus {
+            name: name.to_owned(),
+            plugin: "chaos".to_owned(),
+            version: None,
+            state: State::Stopped,
+            since: "2026-11-26T00:00:00Z".to_owned(),
+            last_error: None,
+            generation: None,
+            file: None,
+            loaded_at: None,
+            sha256: None,
+            health: None,
+            ready: false,
+            restarts: 0,
+            next_retry: None,
+            requires: Vec::new(),
+            probes: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// What serializing the whole list at once gives.
+    fn whole(containers: &[ContainerStatus]) -> serde_json::Value {
+        json!({ "containers": containers })
+    }
+
+    #[test]
+    fn the_list_rendered_piecewise_is_the_list() {
+        let mut cache = ListCache::default();
+        let mut containers: Vec<ContainerStatus> =
+            ["a", "b", "c"].into_iter().map(status).collect();
+        let check = |cache: &ListCache, containers: &[ContainerStatus]| {
+            let body: serde_json::Value = serde_json::from_slice(&cache.body).unwrap();
+            assert_eq!(body, whole(containers));
+        };
+        cache.update(1, &containers).unwrap();
+        check(&cache, &containers);
+
+        containers[1].state = State::Running;
+        containers[1].last_error = Some("a \"quoted\" reason".to_owned());
+        cache.update(2, &containers).unwrap();
+        check(&cache, &containers);
+
+        // The same version is not rendered again, even if handed other content.
+        let before = cache.body.clone();
+        cache.update(2, &[]).unwrap();
+        assert_eq!(cache.body, before);
+
+        containers.remove(0);
+        containers.push(status("d"));
+        cache.update(3, &containers).unwrap();
+        check(&cache, &containers);
+
+        cache.update(4, &[]).unwrap();
+        check(&cache, &[]);
     }
 }

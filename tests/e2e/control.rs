@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use crate::{chaos_entry, terminate_cleanly};
 
 const TOKEN: &str = "e2e-s3cret-token";
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A folder with the chaos library, a config of never-restarted chaos containers and a
 /// token file (`TOKEN` plus a newline, mode 0600).
-fn setup(config: &str) -> (PluginDir, PathBuf) {
+pub(crate) fn setup(config: &str) -> (PluginDir, PathBuf) {
     let mut dir = PluginDir::with(&[Lib::Chaos]);
     dir.write_config(config);
     let token_file = dir.path().join("token");
@@ -25,7 +25,7 @@ fn setup(config: &str) -> (PluginDir, PathBuf) {
     (dir, token_file)
 }
 
-fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
+pub(crate) fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
     let mut args = dir.run_args();
     args.extend(extra.iter().map(|a| (*a).clone()));
     args
@@ -33,7 +33,7 @@ fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
 
 /// Waits until container `name` is running and ready; returns its one-container view
 /// (with `history`).
-fn wait_ready(host: &Host, name: &str) -> Value {
+pub(crate) fn wait_ready(host: &Host, name: &str) -> Value {
     host.wait_until(
         &format!("container {name:?} to be running and ready"),
         STATE_TIMEOUT,

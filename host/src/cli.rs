@@ -28,12 +28,23 @@ pub enum Command {
     Events(EventsArgs),
 }
 
-/// Where the host is and how to authenticate to it.
+/// Where the host's API is: a TCP address, or the owner-only Unix socket.
 #[derive(Debug, Clone, Args)]
-pub struct Remote {
+pub struct EndpointArgs {
     /// Address of the host's HTTP API.
     #[arg(long, global = true, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
     pub addr: String,
+    /// The host's Unix socket (`balut run --unix-socket`) instead of `--addr`; only the
+    /// host's user may connect, and no token is needed (nor sent) there.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "addr")]
+    pub unix_socket: Option<PathBuf>,
+}
+
+/// Where the host is and how to authenticate to it.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
     /// File holding the API token (else the BALUT_TOKEN environment variable).
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -107,9 +118,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Address of the host's HTTP API.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_LISTEN)]
-    pub addr: String,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
     /// Print the JSON the API returns instead of a table.
     #[arg(long)]
     pub json: bool,

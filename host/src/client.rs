@@ -1,27 +1,84 @@
 //! The client side of the CLI: talks to a running host's HTTP API.
 
+use std::fmt;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::cli::{CtlAction, CtlArgs, EventsArgs, Remote, StatusArgs};
+use crate::cli::{CtlAction, CtlArgs, EndpointArgs, EventsArgs, StatusArgs};
 
-fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(timeout)
-        .http_status_as_error(false)
-        .build()
-        .new_agent()
+mod unix;
+
+/// Where the host's API is, as the client commands reach it.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// `--addr HOST:PORT`: HTTP over TCP, with the token on mutating requests.
+    Tcp(String),
+    /// `--unix-socket PATH`: HTTP over the owner-only socket, which asks for no token.
+    Unix(PathBuf),
 }
 
-fn unreachable(addr: &str, e: ureq::Error) -> anyhow::Error {
-    match e {
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            anyhow::anyhow!("no balut host is listening on {addr} (connection refused)")
+impl Endpoint {
+    fn new(args: &EndpointArgs) -> Endpoint {
+        match &args.unix_socket {
+            Some(path) => Endpoint::Unix(path.clone()),
+            None => Endpoint::Tcp(args.addr.clone()),
         }
-        e => anyhow::anyhow!("no balut host reachable at {addr}: {e}"),
+    }
+
+    /// The URL of `path` (over the socket the host part is a dummy).
+    fn url(&self, path: &str) -> String {
+        match self {
+            Endpoint::Tcp(addr) => format!("http://{addr}{path}"),
+            Endpoint::Unix(_) => format!("http://localhost{path}"),
+        }
+    }
+
+    /// `path` as error messages name it.
+    fn show(&self, path: &str) -> String {
+        match self {
+            Endpoint::Tcp(_) => self.url(path),
+            Endpoint::Unix(_) => format!("{path} on {self}"),
+        }
+    }
+
+    fn agent(&self, timeout: Option<Duration>) -> ureq::Agent {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(timeout)
+            .http_status_as_error(false);
+        match self {
+            Endpoint::Tcp(_) => config.build().new_agent(),
+            // A proxy from the environment must not take a request meant for the socket.
+            Endpoint::Unix(path) => unix::agent(path, config.proxy(None).build()),
+        }
+    }
+
+    /// The error for a request that got no answer.
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        match (self, e) {
+            (Endpoint::Unix(path), ureq::Error::Io(e)) => {
+                anyhow::anyhow!(
+                    "no balut host reachable at {self}: {}",
+                    unix::explain(path, &e)
+                )
+            }
+            (_, ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                anyhow::anyhow!("no balut host is listening on {self} (connection refused)")
+            }
+            (_, e) => anyhow::anyhow!("no balut host reachable at {self}: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(addr) => f.write_str(addr),
+            Endpoint::Unix(path) => write!(f, "the unix socket {}", path.display()),
+        }
     }
 }
 
@@ -41,23 +98,20 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<Strin
     Ok(token.filter(|t| !t.is_empty()))
 }
 
-fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
-    let agent = agent(Some(Duration::from_secs(10)));
-    let url = format!("http://{addr}{path}");
-    let mut response = match agent.get(&url).call() {
-        Ok(response) => response,
-        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            bail!("no balut host is listening on {addr} (connection refused)")
-        }
-        Err(e) => bail!("no balut host reachable at {addr}: {e}"),
-    };
+fn get_json(endpoint: &Endpoint, path: &str) -> anyhow::Result<Value> {
+    let agent = endpoint.agent(Some(Duration::from_secs(10)));
+    let mut response = agent
+        .get(endpoint.url(path))
+        .call()
+        .map_err(|e| endpoint.unreachable(e))?;
     let status = response.status();
+    let shown = endpoint.show(path);
     let body: Value = response.body_mut().read_json().with_context(|| {
-        format!("{url} did not answer with JSON; is a balut host listening on {addr}?")
+        format!("{shown} did not answer with JSON; is a balut host listening on {endpoint}?")
     })?;
     if !status.is_success() {
         bail!(
-            "{url}: {status}: {}",
+            "{shown}: {status}: {}",
             body["error"].as_str().unwrap_or("error")
         );
     }
@@ -67,9 +121,10 @@ fn get_json(addr: &str, path: &str) -> anyhow::Result<Value> {
 /// `balut status`: prints the containers as a table or as JSON (or redraws the table on
 /// every event with `--watch`). Returns whether no container is failed or quarantined.
 pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
+    let endpoint = Endpoint::new(&args.endpoint);
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let fetch = || -> anyhow::Result<(Value, Vec<Value>)> {
-        let body = get_json(&args.addr, "/v1/containers")?;
+        let body = get_json(&endpoint, "/v1/containers")?;
         let containers = body["containers"].as_array().cloned().unwrap_or_default();
         Ok((body, containers))
     };
@@ -80,7 +135,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
         let clear = if colour { "\x1b[2J\x1b[H" } else { "" };
         print!("{clear}{}", table(&containers, colour));
         std::io::stdout().flush()?;
-        follow_events(&args.addr, None, |_event| {
+        follow_events(&endpoint, None, |_event| {
             let (_, containers) = fetch()?;
             print!("{clear}{}", table(&containers, colour));
             std::io::stdout().flush()?;
@@ -102,7 +157,13 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
         CtlAction::Restart { name } => format!("/v1/containers/{name}/restart"),
         CtlAction::Reload => "/v1/reload".to_owned(),
     };
-    let body = post_json(&args.remote, &path)?;
+    let endpoint = Endpoint::new(&args.remote.endpoint);
+    // The socket's file mode is its guard: no token is read or sent there.
+    let token = match endpoint {
+        Endpoint::Tcp(_) => read_token(args.remote.token_file.as_deref())?,
+        Endpoint::Unix(_) => None,
+    };
+    let body = post_json(&endpoint, token.as_deref(), &path)?;
     match &args.action {
         CtlAction::Reload => println!("{}", serde_json::to_string_pretty(&body)?),
         _ => println!(
@@ -118,22 +179,20 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn post_json(remote: &Remote, path: &str) -> anyhow::Result<Value> {
-    let token = read_token(remote.token_file.as_deref())?;
-    let url = format!("http://{}{path}", remote.addr);
+fn post_json(endpoint: &Endpoint, token: Option<&str>, path: &str) -> anyhow::Result<Value> {
     // Control requests wait for the stop or start they ask for.
-    let mut request = agent(Some(Duration::from_secs(120))).post(&url);
+    let mut request = endpoint
+        .agent(Some(Duration::from_secs(120)))
+        .post(endpoint.url(path));
     if let Some(token) = token {
         request = request.header("Authorization", &format!("Bearer {token}"));
     }
-    let mut response = request
-        .send_empty()
-        .map_err(|e| unreachable(&remote.addr, e))?;
+    let mut response = request.send_empty().map_err(|e| endpoint.unreachable(e))?;
     let status = response.status();
     let body: Value = response
         .body_mut()
         .read_json()
-        .with_context(|| format!("{url} did not answer with JSON"))?;
+        .with_context(|| format!("{} did not answer with JSON", endpoint.show(path)))?;
     if !status.is_success() {
         bail!("{}: {}", status, body["error"].as_str().unwrap_or("error"));
     }
@@ -143,7 +202,7 @@ fn post_json(remote: &Remote, path: &str) -> anyhow::Result<Value> {
 /// `balut events`: prints the event stream, one line per event, until the host goes.
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let json = args.json;
-    follow_events(&args.remote.addr, args.since, |event| {
+    follow_events(&Endpoint::new(&args.remote.endpoint), args.since, |event| {
         if json {
             println!("{event}");
         } else {
@@ -175,29 +234,30 @@ fn describe(event: &Value) -> String {
 /// Reads `GET /v1/events` and calls `each` with every event's JSON, resuming with
 /// `Last-Event-ID` when the connection drops while the host is still there.
 fn follow_events(
-    addr: &str,
+    endpoint: &Endpoint,
     since: Option<u64>,
     mut each: impl FnMut(Value) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut last_id = since;
     loop {
-        let mut url = format!("http://{addr}/v1/events");
+        let mut path = "/v1/events".to_owned();
         if let Some(id) = last_id {
-            url.push_str(&format!("?since={id}"));
+            path.push_str(&format!("?since={id}"));
         }
-        let mut response = agent(None)
-            .get(&url)
+        let mut response = endpoint
+            .agent(None)
+            .get(endpoint.url(&path))
             .call()
-            .map_err(|e| unreachable(addr, e))?;
+            .map_err(|e| endpoint.unreachable(e))?;
         if !response.status().is_success() {
-            bail!("{url}: {}", response.status());
+            bail!("{}: {}", endpoint.show(&path), response.status());
         }
         let reader = BufReader::new(response.body_mut().as_reader());
         for line in reader.lines() {
             let Ok(line) = line else { break };
             if let Some(data) = line.strip_prefix("data:") {
                 let event: Value = serde_json::from_str(data.trim())
-                    .with_context(|| format!("a malformed event from {url}"))?;
+                    .with_context(|| format!("a malformed event from {}", endpoint.show(&path)))?;
                 last_id = event["id"].as_u64().or(last_id);
                 each(event)?;
             }

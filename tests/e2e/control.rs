@@ -6,17 +6,19 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use balut_tests::{Host, Lib, PluginDir, STATE_TIMEOUT, Signal, run_balut, run_balut_with};
+use balut_tests::{
+    Finished, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, run_balut, run_balut_with,
+};
 use serde_json::{Value, json};
 
 use crate::{chaos_entry, terminate_cleanly};
 
 const TOKEN: &str = "e2e-s3cret-token";
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A folder with the chaos library, a config of never-restarted chaos containers and a
 /// token file (`TOKEN` plus a newline, mode 0600).
-fn setup(config: &str) -> (PluginDir, PathBuf) {
+pub(crate) fn setup(config: &str) -> (PluginDir, PathBuf) {
     let mut dir = PluginDir::with(&[Lib::Chaos]);
     dir.write_config(config);
     let token_file = dir.path().join("token");
@@ -25,7 +27,7 @@ fn setup(config: &str) -> (PluginDir, PathBuf) {
     (dir, token_file)
 }
 
-fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
+pub(crate) fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
     let mut args = dir.run_args();
     args.extend(extra.iter().map(|a| (*a).clone()));
     args
@@ -33,7 +35,7 @@ fn with_args(dir: &PluginDir, extra: &[&OsString]) -> Vec<OsString> {
 
 /// Waits until container `name` is running and ready; returns its one-container view
 /// (with `history`).
-fn wait_ready(host: &Host, name: &str) -> Value {
+pub(crate) fn wait_ready(host: &Host, name: &str) -> Value {
     host.wait_until(
         &format!("container {name:?} to be running and ready"),
         STATE_TIMEOUT,
@@ -387,22 +389,10 @@ fn a_good_reload_restarts_only_what_changed() {
     terminate_cleanly(host);
 }
 
-#[test]
-fn balut_ctl_controls_a_host_and_exits_0_or_1() {
-    let (mut dir, token_file) = setup(&format!("{}{}", chaos_entry("a", ""), chaos_entry("b", "")));
-    let args = with_args(&dir, &[&"--token-file".into(), &token_file.clone().into()]);
-    let host = Host::spawn_with(args, Some(dir.tmp()), &[]);
-    wait_ready(&host, "a");
-    wait_ready(&host, "b");
-    let addr = host.addr().to_string();
-    let token = token_file.to_str().expect("a UTF-8 path").to_owned();
-    let ctl = |args: &[&str]| {
-        let mut all = vec!["ctl"];
-        all.extend_from_slice(args);
-        all.extend(["--addr", &addr, "--token-file", &token]);
-        run_balut(&all, CLI_TIMEOUT)
-    };
-
+/// `balut ctl` through `ctl` (which adds where the host is and how to get in) on a host
+/// whose containers `a` and `b` run: stop and start `a`, restart `b`, an unknown container
+/// (404, exit 1), a reload of the unchanged config (the report as JSON).
+pub(crate) fn ctl_round(host: &Host, ctl: impl Fn(&[&str]) -> Finished) {
     let out = ctl(&["stop", "a"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "a: stopped", "{out:?}");
@@ -422,12 +412,36 @@ fn balut_ctl_controls_a_host_and_exits_0_or_1() {
         "b was restarted"
     );
 
-    // Unknown container: 404, exit 1.
     let out = ctl(&["stop", "nope"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("404"), "{out:?}");
     assert!(out.stderr.contains("nope"), "{out:?}");
     assert!(out.stdout.trim().is_empty(), "{out:?}");
+
+    let out = ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(report["unchanged"], json!(["a", "b"]), "{report}");
+}
+
+#[test]
+fn balut_ctl_controls_a_host_and_exits_0_or_1() {
+    let (mut dir, token_file) = setup(&format!("{}{}", chaos_entry("a", ""), chaos_entry("b", "")));
+    let args = with_args(&dir, &[&"--token-file".into(), &token_file.clone().into()]);
+    let host = Host::spawn_with(args, Some(dir.tmp()), &[]);
+    wait_ready(&host, "a");
+    wait_ready(&host, "b");
+    let addr = host.addr().to_string();
+    let token = token_file.to_str().expect("a UTF-8 path").to_owned();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl"];
+        all.extend_from_slice(args);
+        all.extend(["--addr", &addr, "--token-file", &token]);
+        run_balut(&all, CLI_TIMEOUT)
+    };
+
+    ctl_round(&host, ctl);
 
     // No token: 401, exit 1; BALUT_TOKEN works instead of --token-file.
     let out = run_balut(["ctl", "stop", "a", "--addr", &addr], CLI_TIMEOUT);
@@ -450,12 +464,7 @@ fn balut_ctl_controls_a_host_and_exits_0_or_1() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "a: stopped", "{out:?}");
 
-    // Reload: the report as JSON; a bad file: exit 1 with the reason.
-    let out = ctl(&["reload"]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let report: Value =
-        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    assert_eq!(report["unchanged"], json!(["a", "b"]), "{report}");
+    // A bad config file: exit 1 with the reason.
     dir.write_config("this is = = not toml");
     let out = ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

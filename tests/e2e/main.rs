@@ -20,6 +20,7 @@ mod soak;
 mod status;
 mod supervise;
 mod trust;
+mod unix;
 mod unload;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -161,7 +161,15 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     // The socket's file mode is its guard: no token is read or sent there.
     let token = match endpoint {
         Endpoint::Tcp(_) => read_token(args.remote.token_file.as_deref())?,
-        Endpoint::Unix(_) => None,
+        Endpoint::Unix(_) => {
+            if let Some(file) = &args.remote.token_file {
+                eprintln!(
+                    "balut ctl: note: the token file {} is not used: the Unix socket asks for no token",
+                    file.display()
+                );
+            }
+            None
+        }
     };
     let body = post_json(&endpoint, token.as_deref(), &path)?;
     match &args.action {

@@ -107,6 +107,13 @@ fn status_ctl_and_events_work_over_the_unix_socket_without_a_token() {
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(out.stdout.trim(), "a: running", "{out:?}");
+    // A token file given anyway is not read, and the user is told so.
+    let out = balut(&["ctl", "restart", "a", "--token-file", "/nonexistent/token"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("/nonexistent/token is not used"),
+        "{out:?}"
+    );
 
     // The rest as over TCP.
     ctl_round(&host, |args: &[&str]| balut(&[&["ctl"], args].concat()));

@@ -12,12 +12,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use balut_tests::{
-    EventStream, Host, Lib, PluginDir, Put, STATE_TIMEOUT, file_sha12, http_get, sha12,
-};
+use balut_tests::{EventStream, Host, Lib, PluginDir, Put, STATE_TIMEOUT, http_get};
 use serde_json::Value;
 
-use crate::churn_model::{Content, Rng, copies_of};
+use crate::churn_model::{Content, Rng, Slots};
 use crate::{echo_entry, terminate_cleanly, ticker_entry};
 
 /// Changes per second the churn aims at.
@@ -38,6 +36,12 @@ const FILES: [&str; SLOTS] = [
     "libmix.so",
     "notes.so",
 ];
+
+const MODEL: Slots = Slots {
+    files: &FILES,
+    containers_of,
+    default_instance,
+};
 
 /// Whether the slot's plugin runs as a default instance (no config entry names it): its
 /// container goes away with its file.
@@ -87,156 +91,6 @@ fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content 
             _ => Content::Truncated(Lib::HttpEcho, n),
         },
     }
-}
-
-/// What differs between the host's view and the folder (empty: converged). The private
-/// folder must hold, and the host map, exactly one copy per generation in use: each loaded
-/// file, plus an older generation that keeps running under a file whose newer content was
-/// refused.
-fn differences(host: &Host, dir: &PluginDir, state: &[Option<Content>; SLOTS]) -> Vec<String> {
-    let body = host.get_json("/v1/plugins");
-    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
-    let containers = host.containers();
-    let private = host.private_copies();
-    let mapped = host.mapped_copies();
-    let mut problems = Vec::new();
-    let entry = |file: &str| plugins.iter().find(|p| p["file"] == file);
-    let container = |name: &str| containers.iter().find(|c| c["name"] == name);
-    let mut in_use = 0;
-
-    for p in &plugins {
-        let file = p["file"].as_str().unwrap_or_default();
-        let present = FILES
-            .iter()
-            .zip(state)
-            .any(|(f, c)| *f == file && c.is_some());
-        if !present {
-            problems.push(format!("listed but not in the folder: {p}"));
-        }
-    }
-    for (slot, (file, content)) in FILES.iter().zip(state).enumerate() {
-        let stem = file.trim_end_matches(".so");
-        let copies = copies_of(&private, stem);
-        let running: Vec<&Value> = containers_of(slot)
-            .iter()
-            .filter_map(|n| container(n))
-            .filter(|c| c["state"] == "running")
-            .collect();
-        match content {
-            None => {
-                if let Some(p) = entry(file) {
-                    problems.push(format!("{file} was removed but is listed: {p}"));
-                }
-                for name in containers_of(slot) {
-                    match container(name) {
-                        Some(c) if default_instance(slot) => {
-                            problems.push(format!(
-                                "default container of a removed file is listed: {c}"
-                            ));
-                        }
-                        Some(c) if c["state"] == "running" || c["state"] == "starting" => {
-                            problems.push(format!("container of a removed file runs: {c}"));
-                        }
-                        None if !default_instance(slot) => {
-                            problems.push(format!("configured container {name} is not listed"));
-                        }
-                        _ => {}
-                    }
-                }
-                if !copies.is_empty() {
-                    problems.push(format!("{file} was removed, copies remain: {copies:?}"));
-                }
-            }
-            Some(content) => {
-                let sha = sha12(&content.bytes());
-                let on_disk = file_sha12(&dir.plugins().join(file));
-                if on_disk != sha {
-                    problems.push(format!("test bug: {file} holds {on_disk}, expected {sha}"));
-                }
-                match (content.error_kind(), entry(file)) {
-                    (_, None) => problems.push(format!("{file} is not listed")),
-                    (None, Some(p)) => {
-                        in_use += 1;
-                        if p["status"] != "loaded" || p["sha256"] != sha.as_str() {
-                            problems.push(format!("{file} should be loaded with {sha}: {p}"));
-                        }
-                        for name in containers_of(slot) {
-                            match container(name) {
-                                Some(c)
-                                    if c["state"] == "running"
-                                        && c["sha256"] == sha.as_str()
-                                        && c["file"] == *file => {}
-                                other => problems
-                                    .push(format!("{name} should run on {file} {sha}: {other:?}")),
-                            }
-                        }
-                        if copies.len() != 1 || !copies[0].contains(&sha) {
-                            problems.push(format!(
-                                "{file}: expected one private copy of {sha}: {copies:?}"
-                            ));
-                        }
-                    }
-                    (Some(kind), Some(p)) => {
-                        if p["status"] != "error" || p["error_kind"] != kind {
-                            problems.push(format!("{file} should be an error {kind}: {p}"));
-                        }
-                        if kind == "constructor_panicked" && !running.is_empty() {
-                            problems
-                                .push(format!("{file}: its constructor panics, yet: {running:?}"));
-                        }
-                        // An older generation may keep running; then it has one copy.
-                        let keeps = running.len().min(1);
-                        in_use += keeps;
-                        if copies.len() != keeps {
-                            problems.push(format!(
-                                "{file}: {} running containers but copies {copies:?}",
-                                running.len()
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if private.len() != in_use {
-        problems.push(format!(
-            "{} private copies for {in_use} generations in use: {private:?}",
-            private.len()
-        ));
-    }
-    if mapped != private {
-        problems.push(format!(
-            "mapped copies {mapped:?} differ from the current copies {private:?}"
-        ));
-    }
-    let not_unloaded = body["not_unloaded"].as_array().cloned().unwrap_or_default();
-    if !not_unloaded.is_empty() {
-        problems.push(format!("not unloaded: {not_unloaded:?}"));
-    }
-    problems
-}
-
-/// Polls until the host matches the folder; returns how long that took.
-fn converge(
-    host: &Host,
-    dir: &PluginDir,
-    state: &[Option<Content>; SLOTS],
-    what: &str,
-) -> Duration {
-    let started = Instant::now();
-    let mut last = Vec::new();
-    while started.elapsed() < STATE_TIMEOUT {
-        last = differences(host, dir, state);
-        if last.is_empty() {
-            return started.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "{what}: the host did not match the folder within {STATE_TIMEOUT:?}:\n{}\nfolder: {state:?}\nhost output:\n{}",
-        last.join("\n"),
-        host.logs()
-    );
 }
 
 /// An environment variable parsed as a number (decimal, or hex with `0x`).
@@ -311,14 +165,14 @@ fn soak_thousand_changes_converge() {
     // The host's mappings before any plugin, to compare with the end, when every file is
     // gone again.
     let mut host = Host::start(&dir);
-    converge(&host, &dir, &state, "empty start");
+    MODEL.converge(&host, &dir, &state, "empty start");
     let before = Mappings::of(&host);
     for (slot, file) in FILES.iter().enumerate() {
         let content = content_for(slot, n(), 2, false);
         dir.put(file, &content.bytes(), Put::Rename);
         state[slot] = Some(content);
     }
-    let took = converge(&host, &dir, &state, "the first files");
+    let took = MODEL.converge(&host, &dir, &state, "the first files");
     eprintln!("[soak] seed {seed:#x}, {changes} changes; the first files converged in {took:?}");
 
     let ways: Vec<Put> = Put::ALL
@@ -430,11 +284,11 @@ fn soak_thousand_changes_converge() {
         slowest_poll.into_inner().expect("lock")
     );
 
-    let took = converge(&host, &dir, &state, "after the soak");
+    let took = MODEL.converge(&host, &dir, &state, "after the soak");
     eprintln!("[soak] converged {took:?} after the last change (limit {STATE_TIMEOUT:?})");
     // And it stays that way.
     std::thread::sleep(Duration::from_millis(500));
-    let problems = differences(&host, &dir, &state);
+    let problems = MODEL.differences(&host, &dir, &state);
     assert!(
         problems.is_empty(),
         "the host drifted after converging:\n{}\n{}",
@@ -472,7 +326,7 @@ fn soak_thousand_changes_converge() {
             dir.remove(file);
         }
     }
-    converge(&host, &dir, &state, "removing every file");
+    MODEL.converge(&host, &dir, &state, "removing every file");
     let after = Mappings::of(&host);
     eprintln!(
         "[soak] mappings before the first file: {} ({} files); after removing every file: {} ({} files)",

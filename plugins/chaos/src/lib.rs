@@ -4,7 +4,7 @@
 //! (the `config` table of the container's entry; all optional):
 //!
 //! - `panic_in`: "new", "start", "stop", "health", "ready" or "drop": panics there with
-//!   "chaos: panic in <call>".
+//!   "chaos: panic in CALL".
 //! - `hang_in`: "new", "start", "stop", "health" or "ready": blocks there, for `hang_ms` if
 //!   set, else forever.
 //! - `hang_ms`: how long `hang_in` blocks.

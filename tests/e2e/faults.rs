@@ -157,6 +157,9 @@ enum Expect {
     Runs { says: &'static [&'static str] },
     /// `victim` runs on and its probes show it unhealthy, then healthy again.
     Flaps,
+    /// `victim` runs but is not ready: its readiness probes fail with each of `says`, and
+    /// a `readiness check failed` line says so.
+    NotReady { says: &'static [&'static str] },
     /// `victim` stopped, but its library is listed under `not_unloaded` with a reason
     /// containing each of `says`.
     NotUnloaded { says: &'static [&'static str] },
@@ -277,6 +280,16 @@ fault_matrix! {
                failure_threshold = 1 }",
         then: Then::Nothing,
     } => Victim { state: "failed", says: &["liveness probe failed", "timed out", "health"] };
+    hang_in_ready: Chaos {
+        config: "hang_in = \"ready\", hang_ms = 1000",
+        keys: "readiness = { period_ms = 100, timeout_ms = 200 }",
+        then: Then::Nothing,
+    } => NotReady { says: &["timed out"] };
+    hang_in_drop: Chaos {
+        config: "hang_in = \"drop\", hang_ms = 1500",
+        keys: "stop_timeout_ms = 300",
+        then: Then::Stop,
+    } => Victim { state: "failed", says: &["drop", "within 300ms"] };
     health_flapping: Chaos {
         config: "flap_health_every = 2",
         keys: "liveness = { period_ms = 50, grace_ms = 0, failure_threshold = 3 }",
@@ -621,6 +634,22 @@ impl World {
                 assert_eq!(c["state"], "running", "flapping is not failing: {c}");
                 assert_eq!(c["restarts"], 0, "{c}");
             }
+            NotReady { says } => {
+                // Probe results are in the one-container view only.
+                let victim = host.wait_until(
+                    "victim running, not ready, its readiness probe failing",
+                    STATE_TIMEOUT,
+                    |h| {
+                        let c = h.get_json("/v1/containers/victim");
+                        (c["state"] == "running"
+                            && c["ready"] == false
+                            && failed_readiness(&c, says))
+                        .then_some(c)
+                    },
+                );
+                assert!(victim["last_error"].is_null(), "{victim}");
+                self.wait_victim_log("readiness check failed", says);
+            }
             NotUnloaded { says } => {
                 self.wait_victim("stopped", |c| c["state"] == "stopped");
                 let entry = host.wait_until("libchaos.so in not_unloaded", STATE_TIMEOUT, |h| {
@@ -841,6 +870,20 @@ impl World {
 }
 
 /// `text` contains `file` (unless empty) and each of `says`.
+/// Whether `c`'s readiness probes (in the one-container view) include a failure saying each
+/// of `says`.
+fn failed_readiness(c: &Value, says: &[&str]) -> bool {
+    c["probes"].as_array().is_some_and(|probes| {
+        probes.iter().any(|p| {
+            p["probe"] == "readiness"
+                && p["ok"] == false
+                && p["message"]
+                    .as_str()
+                    .is_some_and(|m| says.iter().all(|s| m.contains(s)))
+        })
+    })
+}
+
 fn assert_says(text: &str, file: &str, says: &[&str]) {
     assert!(
         file.is_empty() || text.contains(file),

@@ -5,7 +5,7 @@
 //!
 //! - `panic_in`: "new", "start", "stop", "health", "ready" or "drop": panics there with
 //!   "chaos: panic in CALL".
-//! - `hang_in`: "new", "start", "stop", "health" or "ready": blocks there, for `hang_ms` if
+//! - `hang_in`: "new", "start", "stop", "health", "ready" or "drop": blocks there, for `hang_ms` if
 //!   set, else forever.
 //! - `hang_ms`: how long `hang_in` blocks.
 //! - `fail_start`: `start` returns an error.
@@ -39,7 +39,7 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields)]
 struct Config {
     panic_in: Option<Call>,
-    hang_in: Option<HangIn>,
+    hang_in: Option<Call>,
     hang_ms: Option<u64>,
     fail_start: bool,
     fail_health_after: Option<u32>,
@@ -74,29 +74,6 @@ impl Call {
             Self::Health => "health",
             Self::Ready => "ready",
             Self::Drop => "drop",
-        }
-    }
-}
-
-/// The calls that can hang: all but `Drop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum HangIn {
-    New,
-    Start,
-    Stop,
-    Health,
-    Ready,
-}
-
-impl From<HangIn> for Call {
-    fn from(hang_in: HangIn) -> Self {
-        match hang_in {
-            HangIn::New => Self::New,
-            HangIn::Start => Self::Start,
-            HangIn::Stop => Self::Stop,
-            HangIn::Health => Self::Health,
-            HangIn::Ready => Self::Ready,
         }
     }
 }
@@ -260,7 +237,7 @@ fn long_line(bytes: usize) -> String {
 
 /// Hangs and/or panics if the config asks for it in `call`.
 fn inject(ctx: &Context, config: &Config, call: Call) {
-    if config.hang_in.map(Call::from) == Some(call) {
+    if config.hang_in == Some(call) {
         hang(ctx, call, config.hang_ms);
     }
     if config.panic_in == Some(call) {
@@ -326,7 +303,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.panic_in, Some(Call::Drop));
-        assert_eq!(config.hang_in.map(Call::from), Some(Call::Stop));
+        assert_eq!(config.hang_in, Some(Call::Stop));
         assert_eq!(config.hang_ms, Some(50));
         assert!(config.fail_start);
         assert_eq!(config.fail_health_after, Some(3));
@@ -337,7 +314,7 @@ mod tests {
     fn rejects_unknown_faults() {
         assert!(parse(r#"{"panic_in": "later"}"#).is_err());
         assert!(parse(r#"{"panic_in": "Start"}"#).is_err());
-        assert!(parse(r#"{"hang_in": "drop"}"#).is_err());
+        assert!(parse(r#"{"hang_in": "later"}"#).is_err());
         assert!(parse(r#"{"explode": true}"#).is_err());
     }
 
@@ -376,7 +353,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.panic_in, Some(Call::Ready));
-        assert_eq!(config.hang_in.map(Call::from), Some(Call::Ready));
+        assert_eq!(config.hang_in, Some(Call::Ready));
         assert_eq!(config.flap_health_every, Some(1));
         assert_eq!(config.report_failure_every_ms, Some(100));
         assert!(config.leak_thread);

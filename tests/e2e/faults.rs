@@ -273,7 +273,7 @@ fault_matrix! {
         config: "hang_in = \"stop\", hang_ms = 1500",
         keys: "stop_timeout_ms = 300",
         then: Then::Stop,
-    } => Victim { state: "failed", says: &["stuck in stop", "within 300ms"] };
+    } => Victim { state: "failed", says: &["stuck in stop", "no return from stop within"] };
     hang_in_health: Chaos {
         config: "hang_in = \"health\", hang_ms = 1000",
         keys: "liveness = { period_ms = 100, timeout_ms = 200, grace_ms = 0, \
@@ -289,7 +289,7 @@ fault_matrix! {
         config: "hang_in = \"drop\", hang_ms = 1500",
         keys: "stop_timeout_ms = 300",
         then: Then::Stop,
-    } => Victim { state: "failed", says: &["drop", "within 300ms"] };
+    } => Victim { state: "failed", says: &["drop stuck", "no return from drop within"] };
     health_flapping: Chaos {
         config: "flap_health_every = 2",
         keys: "liveness = { period_ms = 50, grace_ms = 0, failure_threshold = 3 }",

@@ -422,25 +422,7 @@ mod tests {
     use crate::status::State;
 
     fn status(name: &str) -> ContainerStatus {
-        ContainerStatus {
-            name: name.to_owned(),
-            plugin: "chaos".to_owned(),
-            version: None,
-            state: State::Stopped,
-            since: "2026-11-26T00:00:00Z".to_owned(),
-            last_error: None,
-            generation: None,
-            file: None,
-            loaded_at: None,
-            sha256: None,
-            health: None,
-            ready: false,
-            restarts: 0,
-            next_retry: None,
-            requires: Vec::new(),
-            probes: Vec::new(),
-            history: Vec::new(),
-        }
+        ContainerStatus::registered(name, "chaos", Vec::new())
     }
 
     /// What serializing the whole list at once gives.

@@ -74,6 +74,31 @@ pub struct ContainerStatus {
     pub history: Vec<Transition>,
 }
 
+impl ContainerStatus {
+    /// A container just registered: stopped since now, nothing loaded, nothing probed.
+    pub fn registered(name: &str, plugin: &str, requires: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            plugin: plugin.to_owned(),
+            version: None,
+            state: State::Stopped,
+            since: rfc3339(SystemTime::now()),
+            last_error: None,
+            generation: None,
+            file: None,
+            loaded_at: None,
+            sha256: None,
+            health: None,
+            ready: false,
+            restarts: 0,
+            next_retry: None,
+            requires,
+            probes: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+}
+
 /// `GET /v1/containers/{name}`: the status with its probe results and history.
 #[derive(Debug, Serialize)]
 pub struct ContainerDetail<'a> {

@@ -134,25 +134,10 @@ impl Supervisor {
             ready: false,
             instance: None,
         });
-        self.board.write().containers.push(ContainerStatus {
-            name: name.to_owned(),
-            plugin: plugin.to_owned(),
-            version: None,
-            state: State::Stopped,
-            since: rfc3339(SystemTime::now()),
-            last_error: None,
-            generation: None,
-            file: None,
-            loaded_at: None,
-            sha256: None,
-            health: None,
-            ready: false,
-            restarts: 0,
-            next_retry: None,
-            requires,
-            probes: Vec::new(),
-            history: Vec::new(),
-        });
+        self.board
+            .write()
+            .containers
+            .push(ContainerStatus::registered(name, plugin, requires));
         self.board.metrics.container_registered(name);
         info!(container = %name, generation = %self.generation_of(name), plugin = %plugin, "container registered");
     }

@@ -436,28 +436,29 @@ mod tests {
         let mut containers: Vec<ContainerStatus> =
             ["a", "b", "c"].into_iter().map(status).collect();
         let check = |cache: &ListCache, containers: &[ContainerStatus]| {
-            let body: serde_json::Value = serde_json::from_slice(&cache.body).unwrap();
+            let body: serde_json::Value =
+                serde_json::from_slice(&cache.body).expect("the list is JSON");
             assert_eq!(body, whole(containers));
         };
-        cache.update(1, &containers).unwrap();
+        cache.update(1, &containers).expect("renders");
         check(&cache, &containers);
 
         containers[1].state = State::Running;
         containers[1].last_error = Some("a \"quoted\" reason".to_owned());
-        cache.update(2, &containers).unwrap();
+        cache.update(2, &containers).expect("renders");
         check(&cache, &containers);
 
         // The same version is not rendered again, even if handed other content.
         let before = cache.body.clone();
-        cache.update(2, &[]).unwrap();
+        cache.update(2, &[]).expect("renders");
         assert_eq!(cache.body, before);
 
         containers.remove(0);
         containers.push(status("d"));
-        cache.update(3, &containers).unwrap();
+        cache.update(3, &containers).expect("renders");
         check(&cache, &containers);
 
-        cache.update(4, &[]).unwrap();
+        cache.update(4, &[]).expect("renders");
         check(&cache, &[]);
     }
 }

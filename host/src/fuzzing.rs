@@ -199,7 +199,7 @@ mod properties {
 
     fn api() -> &'static Api {
         static API: std::sync::OnceLock<Api> = std::sync::OnceLock::new();
-        API.get_or_init(|| Api::new().unwrap())
+        API.get_or_init(|| Api::new().expect("the API under test starts"))
     }
 
     /// Paths built from the API's own words, so most requests reach a handler.
@@ -314,7 +314,7 @@ mod properties {
 
     #[test]
     fn the_seed_plugin_file_is_accepted() {
-        let declaration = elf::inspect(TINY_PLUGIN).unwrap();
+        let declaration = elf::inspect(TINY_PLUGIN).expect("the seed is accepted");
         assert_eq!((declaration.name(), declaration.version()), ("tiny", "0.1"));
     }
 
@@ -326,9 +326,12 @@ mod properties {
                 path: "/v1/containers/web".to_owned(),
                 ..HttpRequest::default()
             })
-            .unwrap();
+            .expect("a valid request is answered");
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-        let allow = headers.get(header::ALLOW).unwrap().to_str().unwrap();
+        let allow = headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .expect("an Allow header");
         assert!(allow.contains("GET"), "{allow}");
     }
 

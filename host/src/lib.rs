@@ -9,6 +9,7 @@ mod cli;
 mod client;
 pub mod config;
 mod events;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod loader;

@@ -89,12 +89,14 @@ impl Rng {
     }
 }
 
-/// A churn's folder: the file name of each slot, and which containers the good plugin of a
-/// slot runs (default instances go away with their file; configured ones stay listed).
+/// A churn's folder: the file name of each slot, the containers the good plugin of a slot
+/// runs (by slot; slots past the end run none), and the slots whose plugin runs as a default
+/// instance (no config entry names it: its container goes away with its file; configured
+/// ones stay listed).
 pub struct Slots {
     pub files: &'static [&'static str],
-    pub containers_of: fn(usize) -> &'static [&'static str],
-    pub default_instance: fn(usize) -> bool,
+    pub containers: &'static [&'static [&'static str]],
+    pub default_instances: &'static [usize],
 }
 
 impl Slots {
@@ -136,8 +138,8 @@ impl Slots {
         for (slot, (file, content)) in self.files.iter().zip(state).enumerate() {
             let stem = file.trim_end_matches(".so");
             let copies = copies_of(&private, stem);
-            let names = (self.containers_of)(slot);
-            let default_instance = (self.default_instance)(slot);
+            let names = self.containers.get(slot).copied().unwrap_or_default();
+            let default_instance = self.default_instances.contains(&slot);
             let running: Vec<&Value> = names
                 .iter()
                 .filter_map(|n| container(n))

@@ -7,7 +7,7 @@ use balut_tests::{EXIT_TIMEOUT, Finished, Host, Lib, PluginDir, STATE_TIMEOUT, S
 use crate::echo_entry;
 
 /// Runs `balut run` on `dir` with `config` and expects it to refuse the config at once.
-fn refused(config: &str) -> Finished {
+pub(crate) fn refused(config: &str) -> Finished {
     let mut dir = PluginDir::with(&[Lib::HttpEcho]);
     dir.write_config(config);
     let mut args = dir.run_args();

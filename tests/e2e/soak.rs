@@ -39,26 +39,9 @@ const FILES: [&str; SLOTS] = [
 
 const MODEL: Slots = Slots {
     files: &FILES,
-    containers_of,
-    default_instance,
+    containers: &[&["chaos"], &["web"], &["ticker"], &["panic-new"]],
+    default_instances: &[0, 3],
 };
-
-/// Whether the slot's plugin runs as a default instance (no config entry names it): its
-/// container goes away with its file.
-fn default_instance(slot: usize) -> bool {
-    slot == 0 || slot == 3
-}
-
-/// The containers of the good plugin a slot can hold.
-fn containers_of(slot: usize) -> &'static [&'static str] {
-    match slot {
-        0 => &["chaos"],
-        1 => &["web"],
-        2 => &["ticker"],
-        3 => &["panic-new"],
-        _ => &[],
-    }
-}
 
 /// A new content for `slot`; `pick` chooses among the slot's kinds, `n` is unique.
 fn content_for(slot: usize, n: u64, pick: u64, broken_allowed: bool) -> Content {

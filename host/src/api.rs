@@ -24,8 +24,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tracing::warn;
 
 use crate::events::Event;
-use crate::status::{Board, ContainerStatus, State as ContainerState};
-use crate::supervisor::{ControlError, SupervisorHandle};
+use crate::model::{ContainerStatus, State as ContainerState};
+use crate::status::Board;
+use crate::supervisor::{ControlError, ReloadError, SupervisorHandle};
 
 #[derive(Clone)]
 struct AppState {
@@ -257,7 +258,7 @@ async fn get_container(
 ) -> Response {
     let board = app.board.read();
     match board.containers.iter().find(|c| c.name == name) {
-        Some(status) => json_bytes(&crate::status::ContainerDetail {
+        Some(status) => json_bytes(&crate::model::ContainerDetail {
             status,
             probes: &status.probes,
             history: &status.history,
@@ -274,7 +275,7 @@ async fn list_plugins(State(app): State<AppState>) -> Response {
     Json(json!({ "plugins": board.plugins, "not_unloaded": board.not_unloaded })).into_response()
 }
 
-fn control_response(result: Result<crate::status::ContainerStatus, ControlError>) -> Response {
+fn control_response(result: Result<crate::model::ContainerStatus, ControlError>) -> Response {
     match result {
         Ok(status) => Json(status).into_response(),
         Err(ControlError::UnknownContainer(name)) => error(
@@ -283,6 +284,9 @@ fn control_response(result: Result<crate::status::ContainerStatus, ControlError>
         ),
         Err(e @ ControlError::ShuttingDown) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ ControlError::SupervisorFailed(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }
 }
@@ -406,20 +410,28 @@ fn to_sse(event: Event) -> Result<SseEvent, Infallible> {
         .data(data))
 }
 
-/// `POST /v1/reload`: reads the config file again; 200 with what changed, or 400 with why
-/// the new file was refused (the old one stays in force).
+/// `POST /v1/reload`: reads the config file again; 200 with what changed, 400 with why the
+/// new file was refused (the old one stays in force), 422 when a plugin's own config type
+/// refused a container's config (each error names its key path).
 async fn reload(State(app): State<AppState>) -> Response {
     match app.supervisor.reload().await {
-        Some(Ok(report)) => Json(report).into_response(),
-        Some(Err(e)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "the host is shutting down"),
+        Ok(report) => Json(report).into_response(),
+        Err(e @ ReloadError::ConfigRefused(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(e @ (ReloadError::Invalid(_) | ReloadError::NoConfigFile)) => {
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Err(e @ ReloadError::Unavailable(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::State;
+    use crate::model::State;
 
     fn status(name: &str) -> ContainerStatus {
         ContainerStatus::registered(name, "chaos", Vec::new())

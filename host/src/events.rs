@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::status::{State, rfc3339};
+use crate::model::{State, rfc3339};
 
 /// How many past events are kept for replay.
 pub const KEPT: usize = 1024;

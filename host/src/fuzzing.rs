@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use crate::config::Config;
 use crate::loader::{LoadError, elf};
 use crate::status::Board;
+use crate::platform::Real;
 use crate::supervisor::{Settings, Supervisor};
 
 /// Feeds `data` to the config parser.
@@ -94,6 +95,7 @@ impl Api {
             .enable_all()
             .build()?;
         let board = Board::default();
+        let platform = Real::new(None, std::time::Duration::from_secs(10))?;
         let mut supervisor = Supervisor::new(
             Settings {
                 plugin_dir: PathBuf::from(&plugin_dir),
@@ -102,7 +104,9 @@ impl Api {
                 strict_modes: false,
             },
             board.clone(),
-        )?;
+            platform,
+            0,
+        );
         let handle = supervisor.handle();
         runtime.block_on(supervisor.start_all())?;
         runtime.spawn(supervisor.run());

@@ -15,6 +15,8 @@ pub mod fuzzing;
 pub mod loader;
 mod logging;
 mod metrics;
+mod model;
+mod platform;
 mod probes;
 mod restart;
 mod sdnotify;
@@ -35,12 +37,15 @@ use tracing::{error, info, warn};
 use crate::cli::{Cli, Command, LogFormat, RunArgs};
 use crate::config::Config;
 use crate::status::Board;
-use crate::supervisor::{Settings, Supervisor};
+use crate::platform::Real;
+use crate::supervisor::{Outcome, Settings, Supervisor};
 
 /// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,
-/// 2 bad usage or config, 130 forced by a second signal.
+/// 2 bad usage or config, 70 the supervisor failed (a bug in balut; sysexits' EX_SOFTWARE),
+/// 130 forced by a second signal.
 const EXIT_UNCLEAN: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_SOFTWARE: u8 = 70;
 const EXIT_FORCED: i32 = 130;
 
 /// The `balut` command line: parses the arguments and runs the command.
@@ -149,8 +154,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     match runtime.block_on(serve(resolved)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(EXIT_UNCLEAN),
+        Ok(Ending::Clean) => ExitCode::SUCCESS,
+        Ok(Ending::Unclean) => ExitCode::from(EXIT_UNCLEAN),
+        Ok(Ending::SupervisorFailed) => ExitCode::from(EXIT_SOFTWARE),
         Err(e) => {
             error!("{e:#}");
             eprintln!("balut run: {e:#}");
@@ -159,8 +165,47 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// Runs the host until a signal; returns whether everything stopped cleanly.
-async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
+/// How the host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Every container stopped cleanly.
+    Clean,
+    /// Some container did not stop cleanly.
+    Unclean,
+    /// The supervisor panicked (it stopped what it could).
+    SupervisorFailed,
+}
+
+impl Ending {
+    /// What the supervisor task's end means: a panic that escaped it, or one it caught,
+    /// is never reported as a clean shutdown.
+    fn of(joined: Result<Outcome, tokio::task::JoinError>) -> Self {
+        match joined {
+            Ok(Outcome::Stopped(report)) if report.clean() => {
+                info!("all containers stopped cleanly");
+                Self::Clean
+            }
+            Ok(Outcome::Stopped(report)) => {
+                warn!(
+                    failed = report.failures.len(),
+                    "some containers did not stop cleanly"
+                );
+                Self::Unclean
+            }
+            Ok(Outcome::Panicked(panic)) => {
+                error!(panic = %panic, "exiting: the supervisor failed");
+                Self::SupervisorFailed
+            }
+            Err(e) => {
+                error!(error = %e, "exiting: the supervisor task failed");
+                Self::SupervisorFailed
+            }
+        }
+    }
+}
+
+/// Runs the host until a signal (or until the supervisor fails); returns how it ended.
+async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let Resolved {
         settings,
         listen,
@@ -183,9 +228,11 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
 
     let board = Board::default();
     let plugin_dir = settings.plugin_dir.clone();
-    let mut supervisor =
-        Supervisor::new(settings, board.clone()).context("creating the private copy folder")?;
-    let private_dir = supervisor.private_dir().to_owned();
+    let host = &settings.config.host;
+    let platform = Real::new(host.copy_dir.as_deref(), host.load_timeout_ms.duration())
+        .context("creating the private copy folder")?;
+    let private_dir = platform.private_dir().to_owned();
+    let mut supervisor = Supervisor::new(settings, board.clone(), platform, fastrand::u64(..));
     let handle = supervisor.handle();
     info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
 
@@ -232,7 +279,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         ))
     });
 
-    let supervisor_task = tokio::spawn(async move {
+    let mut supervisor_task = tokio::spawn(async move {
         if let Err(e) = supervisor.start_all().await {
             error!(plugin_dir = %plugin_dir.display(), error = %e, "cannot read the plugin folder");
         }
@@ -240,6 +287,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
         supervisor.run().await
     });
 
+    let mut ended = None;
     let first = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
@@ -249,21 +297,32 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
                 // The supervisor logs the outcome; a bad file leaves the old one in force.
                 let _ = handle.reload().await;
             }
+            joined = &mut supervisor_task => {
+                ended = Some(Ending::of(joined));
+                break "the supervisor's end";
+            }
         }
     };
-    info!(
-        signal = first,
-        "stopping all containers; a second signal exits at once"
-    );
     if let Some(notifier) = &notifier {
         notifier.stopping();
     }
-    let report = tokio::select! {
-        report = handle.shutdown() => report,
-        _ = sigterm.recv() => force_exit(&private_dir),
-        _ = sigint.recv() => force_exit(&private_dir),
+    let ending = match ended {
+        Some(ending) => ending,
+        None => {
+            info!(
+                signal = first,
+                "stopping all containers; a second signal exits at once"
+            );
+            // The report comes back as the task's outcome.
+            let shutdown = handle.shutdown();
+            tokio::select! {
+                _ = shutdown => {}
+                _ = sigterm.recv() => force_exit(&private_dir),
+                _ = sigint.recv() => force_exit(&private_dir),
+            }
+            Ending::of(supervisor_task.await)
+        }
     };
-    let _ = supervisor_task.await;
     let _ = stop_http.send(true);
     let _ = http.await;
     if let Some(unix_http) = unix_http {
@@ -275,16 +334,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<bool> {
     if let Some(task) = notify_task {
         task.abort();
     }
-    let clean = report.clean();
-    if clean {
-        info!("all containers stopped cleanly");
-    } else {
-        warn!(
-            failed = report.failures.len(),
-            "some containers did not stop cleanly"
-        );
-    }
-    Ok(clean)
+    Ok(ending)
 }
 
 /// Binds the API's Unix socket with mode 0600 (owner only). A stale socket left by a

@@ -15,8 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::probes::ProbeKind;
-use crate::status::{Snapshot, State};
+use crate::model::ProbeKind;
+use crate::model::{Snapshot, State};
 
 /// Every container state, in the order `/metrics` lists them.
 const STATES: [(State, &str); 8] = [

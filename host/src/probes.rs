@@ -6,22 +6,16 @@
 //! blocks the host or other containers. Defaults (../shared/notes/supervision.md): liveness
 //! every 10 s, timeout 2 s, 3 failures, 60 s start-up grace; readiness every 5 s, timeout 2 s.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use crate::model::{ProbeKind, ProbeRecord};
 use tokio::time::Instant;
 
 use crate::config::ProbeConfig;
-use crate::loader::{CallError, Worker};
-
-/// Which probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeKind {
-    Liveness,
-    Readiness,
-}
+use crate::loader::{CallError, HealthReport};
+use crate::platform::Calls;
 
 /// How one probe runs and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +56,6 @@ impl ProbeSpec {
             grace: config.grace_ms.map_or(default.grace, Duration::from_millis),
         })
     }
-}
-
-/// One probe's result, as the status shows the last ten.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ProbeRecord {
-    pub probe: ProbeKind,
-    pub at: String,
-    pub ok: bool,
-    pub message: String,
-    pub duration_ms: f64,
 }
 
 /// What a result means for the container.
@@ -140,13 +124,16 @@ pub struct ProbeReport {
     pub verdict: Verdict,
 }
 
-/// Runs the probes of one instance, calling its worker's `health`.
-pub async fn run_on(
-    worker: Arc<Worker>,
+/// Runs the probes of one instance, calling its worker's `health` and `ready`.
+pub async fn run_on<W, R>(
+    worker: Arc<W>,
     liveness: Option<ProbeSpec>,
     readiness: Option<ProbeSpec>,
-    report: impl FnMut(ProbeReport) -> bool,
-) {
+    report: impl FnMut(ProbeReport) -> R,
+) where
+    W: Calls,
+    R: Future<Output = bool>,
+{
     let check = move |kind, timeout| {
         let worker = worker.clone();
         async move {
@@ -154,7 +141,7 @@ pub async fn run_on(
                 ProbeKind::Liveness => worker.health(timeout).await,
                 // A plugin built for interface 1.0 has no readiness check: it is ready.
                 ProbeKind::Readiness => worker.ready(timeout).await.map(|report| {
-                    report.unwrap_or(crate::loader::HealthReport {
+                    report.unwrap_or(HealthReport {
                         healthy: true,
                         message: "no readiness check (interface 1.0 plugin)".into(),
                         duration: Duration::ZERO,
@@ -167,15 +154,17 @@ pub async fn run_on(
 }
 
 /// Runs the probes until a liveness verdict ends them or the task is aborted. `check`
-/// makes one call with a timeout; `report` returns false when nobody listens any more.
-pub async fn run<F, Fut>(
+/// makes one call with a timeout; `report` hands a result to the supervisor (waiting while
+/// it is busy, so no verdict is lost) and returns false when nobody listens any more.
+pub async fn run<F, Fut, R>(
     mut check: F,
     liveness: Option<ProbeSpec>,
     readiness: Option<ProbeSpec>,
-    mut report: impl FnMut(ProbeReport) -> bool,
+    mut report: impl FnMut(ProbeReport) -> R,
 ) where
     F: FnMut(ProbeKind, Duration) -> Fut,
-    Fut: std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>,
+    Fut: Future<Output = Result<HealthReport, CallError>>,
+    R: Future<Output = bool>,
 {
     let started = Instant::now();
     let mut probes: Vec<(Counter, Instant)> = Vec::new();
@@ -226,12 +215,12 @@ pub async fn run<F, Fut>(
         let dead = matches!(verdict, Verdict::Dead(_));
         let record = ProbeRecord {
             probe: counter.kind,
-            at: crate::status::rfc3339(SystemTime::now()),
+            at: crate::model::rfc3339(SystemTime::now()),
             ok,
             message,
             duration_ms: ended.duration_since(began).as_secs_f64() * 1000.0,
         };
-        if !report(ProbeReport { record, verdict }) || dead {
+        if !report(ProbeReport { record, verdict }).await || dead {
             return;
         }
     }
@@ -294,7 +283,7 @@ mod tests {
         ProbeKind,
         Duration,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<crate::loader::HealthReport, CallError>>>,
+        Box<dyn Future<Output = Result<HealthReport, CallError>>>,
     > {
         let mut calls = 0;
         move |_kind, timeout| {
@@ -303,7 +292,7 @@ mod tests {
             Box::pin(async move {
                 if fine {
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    Ok(crate::loader::HealthReport {
+                    Ok(HealthReport {
                         healthy: true,
                         message: String::new(),
                         duration: Duration::from_millis(5),
@@ -340,7 +329,7 @@ mod tests {
                 r.record.ok,
                 r.verdict,
             ));
-            true
+            std::future::ready(true)
         })
         .await;
         let ms = Duration::from_millis;

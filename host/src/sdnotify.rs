@@ -17,7 +17,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
-use crate::status::{Board, Snapshot, State};
+use crate::model::{Snapshot, State};
+use crate::status::Board;
 
 /// A connection to the service manager's notification socket.
 #[derive(Debug, Clone)]

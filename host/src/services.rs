@@ -20,6 +20,8 @@ use balut_plugin_api::ffi::{FfiHost, FfiHost_TO, FfiHostArc, FfiLevel};
 pub enum Notice {
     Ready(bool),
     Failed(String),
+    /// The container finished its work (interface 1.2).
+    Finished(String),
 }
 
 /// A [`Notice`] with where it comes from.

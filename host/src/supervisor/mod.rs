@@ -1,38 +1,59 @@
 //! The orchestrator: keeps the loaded plugin generations in line with the plugin folder,
-//! registers containers at runtime, starts them in registration order, checks their health,
-//! stops them in reverse order, and unloads a library generation as soon as none of its
-//! containers has a live instance.
+//! registers containers at runtime, starts them in dependency order, checks their health,
+//! restarts them by their policy, stops them in reverse order, and unloads every
+//! generation no live container uses.
 //!
-//! It runs as one task that owns every container and library handle; the HTTP API and the
-//! signal handler talk to it through [`SupervisorHandle`] and read state from the [`Board`].
+//! It runs as one task that owns all of that state; the HTTP API and the signal handler
+//! talk to it through a [`SupervisorHandle`] and read the [`Board`], a projection of the
+//! state it owns. The task handles one thing at a time (a command, a folder event, a probe
+//! result, a notice, a timer); after each it starts what is due and unloads what is unused.
+//! Each piece of state has its module:
 //!
-//! - `containers.rs`: registering, starting, stopping, health results, shutdown.
-//! - `files.rs`: the folder: watching, settling, adding, reloading with rollback, removing.
+//! - `set.rs`: the containers by name, their specs, holds and statuses;
+//! - `generations.rs`: plugin files and library generations, the sweep that unloads;
+//! - `folder.rs`: which names are due for a look; `admission.rs`: what a look means;
+//! - `swap.rs`: adding, hot-swapping with rollback and removing a file's plugin;
+//! - `lifecycle.rs`: the calls that start and stop an instance;
+//! - `policy.rs`: dependencies, failures and restarts, probe results, notices;
+//! - `reload.rs`: config reload as a pure `diff(old, new) -> Plan`, checked, then applied;
+//! - `handle.rs`: the commands and the handle.
 
-mod containers;
-mod files;
+mod admission;
+mod folder;
+mod generations;
+mod handle;
+mod intake;
+mod lifecycle;
+mod policy;
 mod reload;
-mod supervision;
+mod set;
+mod shutdown;
+#[cfg(test)]
+mod sim;
+mod swap;
 
-pub use reload::{ReloadError, ReloadReport};
+pub use handle::{ControlError, Outcome, ReloadError, ShutdownReport, SupervisorHandle};
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::error;
 
 use crate::config::{Config, HostConfig};
-use crate::loader::{Library, Loader, Worker};
-use crate::probes::{ProbeReport, ProbeSpec};
-use crate::restart::{Backoff, RestartPolicy, Restarts};
-use crate::services::{HostServices, NoticeFrom};
-use crate::status::{Board, ContainerStatus, NotUnloaded, State};
-use crate::watcher::{FolderEvent, FolderWatcher};
+use crate::model::{ContainerStatus, State};
+use crate::platform::{LookRules, Platform};
+use crate::services::NoticeFrom;
+use crate::status::Board;
+use crate::watcher::FolderEvent;
 
-use files::Pending;
+use folder::Pending;
+use generations::Generations;
+use handle::{Command, ProbeMessage, Serving, Shared};
+use set::{Containers, Hold};
 
 /// What to run: where plugins are and how containers are configured.
 #[derive(Debug, Clone)]
@@ -46,337 +67,258 @@ pub struct Settings {
     pub strict_modes: bool,
 }
 
-/// Errors of control requests (start, stop, restart).
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("no container named `{0}`")]
-    UnknownContainer(String),
-    #[error("the host is shutting down")]
+/// Where the supervisor is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first scan: load and register everything, start it all together afterwards.
+    StartingUp,
+    Running,
     ShuttingDown,
 }
 
-/// The outcome of stopping everything.
-#[derive(Debug, Default)]
-pub struct ShutdownReport {
-    /// Containers that did not stop cleanly, with the reason.
-    pub failures: Vec<(String, String)>,
-    /// Library generations still mapped after their unload.
-    pub not_unloaded: Vec<NotUnloaded>,
-}
-
-impl ShutdownReport {
-    pub fn clean(&self) -> bool {
-        self.failures.is_empty()
-    }
-}
-
-enum Command {
-    Start {
-        name: String,
-        reply: oneshot::Sender<Result<ContainerStatus, ControlError>>,
-    },
-    Stop {
-        name: String,
-        reply: oneshot::Sender<Result<ContainerStatus, ControlError>>,
-    },
-    Restart {
-        name: String,
-        reply: oneshot::Sender<Result<ContainerStatus, ControlError>>,
-    },
-    Probe {
-        name: String,
-        instance: u64,
-        report: ProbeReport,
-    },
-    Reload {
-        reply: oneshot::Sender<Result<ReloadReport, ReloadError>>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<ShutdownReport>,
-    },
-}
-
-/// A cheap handle for sending requests to the supervisor task.
-#[derive(Clone)]
-pub struct SupervisorHandle {
-    commands: mpsc::Sender<Command>,
-}
-
-impl SupervisorHandle {
-    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(make(reply)).await.ok()?;
-        response.await.ok()
-    }
-
-    pub async fn start(&self, name: &str) -> Result<ContainerStatus, ControlError> {
-        let name = name.to_owned();
-        self.request(|reply| Command::Start { name, reply })
-            .await
-            .unwrap_or(Err(ControlError::ShuttingDown))
-    }
-
-    pub async fn stop(&self, name: &str) -> Result<ContainerStatus, ControlError> {
-        let name = name.to_owned();
-        self.request(|reply| Command::Stop { name, reply })
-            .await
-            .unwrap_or(Err(ControlError::ShuttingDown))
-    }
-
-    /// Stops the container if it runs and starts it again, clearing its restart counters
-    /// (also out of quarantine).
-    pub async fn restart(&self, name: &str) -> Result<ContainerStatus, ControlError> {
-        let name = name.to_owned();
-        self.request(|reply| Command::Restart { name, reply })
-            .await
-            .unwrap_or(Err(ControlError::ShuttingDown))
-    }
-
-    /// Reads the config file again and applies the difference.
-    pub async fn reload(&self) -> Option<Result<ReloadReport, ReloadError>> {
-        self.request(|reply| Command::Reload { reply }).await
-    }
-
-    /// Stops everything in reverse order and unloads every library.
-    pub async fn shutdown(&self) -> ShutdownReport {
-        self.request(|reply| Command::Shutdown { reply })
-            .await
-            .unwrap_or_default()
-    }
-}
-
-/// A live instance of a container: its worker thread and its probe task.
-struct Instance {
-    /// Unique per instance, so results of an instance that is gone are told apart.
-    id: u64,
-    worker: Arc<Worker>,
-    services: HostServices,
-    probe_task: Option<JoinHandle<()>>,
-}
-
-/// What keeps a container that should run from being started now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    /// Nothing: start it as soon as what it requires is ready.
-    Free,
-    /// Backoff or quarantine: not before this time.
-    Until(tokio::time::Instant),
-    /// Failed, and its restart policy says no: only a manual start brings it back.
-    Failed,
-}
-
-/// A registered container.
-struct Container {
-    name: String,
-    plugin: String,
-    /// Declared in the config file (else the plugin's default instance).
-    configured: bool,
-    /// Whether it should run: false after a stop request, true after a start request.
-    wanted: bool,
-    config_json: String,
-    start_timeout: Duration,
-    stop_timeout: Duration,
-    /// Names of the containers that must be ready before this one starts.
-    requires: Vec<String>,
-    policy: RestartPolicy,
-    backoff: Backoff,
-    liveness: Option<ProbeSpec>,
-    readiness: Option<ProbeSpec>,
-    restarts: Restarts,
-    hold: Hold,
-    /// Live and ready (readiness is pushed by the plugin or set by the probe).
-    ready: bool,
-    instance: Option<Instance>,
-}
-
-/// A plugin file in the folder and what the host made of it.
-#[derive(Default)]
-struct PluginFile {
-    /// The declared plugin name of its last good content.
-    plugin: Option<String>,
-    /// The generation in memory, if any.
-    library: Option<Arc<Library>>,
-    /// The last content (hash) or condition this file was judged on, so the same content
-    /// is never loaded or reported twice.
-    seen: Option<String>,
-    /// Size, modification time and inode at the last look, for cheap rescans.
-    stamp: Option<files::Stamp>,
-}
-
-pub struct Supervisor {
-    settings: Settings,
-    host: HostConfig,
-    loader: Loader,
-    board: Board,
-    containers: Vec<Container>,
-    /// Plugin files by path, sorted.
-    files: BTreeMap<PathBuf, PluginFile>,
-    /// Which file provides each plugin name.
-    providers: HashMap<String, PathBuf>,
-    commands: mpsc::Sender<Command>,
-    inbox: mpsc::Receiver<Command>,
-    folder_events: mpsc::UnboundedReceiver<FolderEvent>,
+/// The receiving ends of everything the supervisor task listens to, and senders to clone.
+struct Inbox {
+    commands: mpsc::Receiver<Command>,
+    command_sender: mpsc::Sender<Command>,
+    folder: mpsc::UnboundedReceiver<FolderEvent>,
     folder_sender: mpsc::UnboundedSender<FolderEvent>,
-    watcher: Option<FolderWatcher>,
-    pending: Pending,
+    probes: mpsc::Receiver<ProbeMessage>,
+    probe_sender: mpsc::Sender<ProbeMessage>,
     notices: mpsc::UnboundedReceiver<NoticeFrom>,
     notice_sender: mpsc::UnboundedSender<NoticeFrom>,
+}
+
+/// What one turn of the loop asks for next.
+enum Flow {
+    Continue,
+    Shutdown(Option<handle::Reply<ShutdownReport>>),
+}
+
+pub struct Supervisor<P: Platform> {
+    settings: Settings,
+    /// The host settings in force (those that need a restart keep their start values).
+    host: HostConfig,
+    platform: P,
+    board: Board,
+    containers: Containers<P::Worker>,
+    files: Generations<P::Library>,
+    pending: Pending,
+    inbox: Inbox,
+    shared: Arc<Shared>,
     next_instance: u64,
-    /// During the first scan: load and register, start later all together.
-    starting_up: bool,
-    shutting_down: bool,
+    /// Backoff jitter; seeded, so a simulation replays exactly.
+    rng: fastrand::Rng,
+    phase: Phase,
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
-impl Supervisor {
-    pub fn new(settings: Settings, board: Board) -> std::io::Result<Self> {
+impl<P: Platform> Supervisor<P> {
+    pub fn new(settings: Settings, board: Board, platform: P, seed: u64) -> Self {
         let host = settings.config.host.clone();
-        let loader = Loader::new(host.copy_dir.as_deref(), host.load_timeout_ms.duration())?;
-        let (commands, inbox) = mpsc::channel(256);
-        let (folder_sender, folder_events) = mpsc::unbounded_channel();
+        let (command_sender, commands) = mpsc::channel(256);
+        let (folder_sender, folder) = mpsc::unbounded_channel();
+        let (probe_sender, probes) = mpsc::channel(64);
         let (notice_sender, notices) = mpsc::unbounded_channel();
-        Ok(Self {
+        Self {
             settings,
             host,
-            loader,
+            platform,
+            containers: Containers::new(board.clone()),
+            files: Generations::new(board.clone()),
             board,
-            containers: Vec::new(),
-            files: BTreeMap::new(),
-            providers: HashMap::new(),
-            commands,
-            inbox,
-            folder_events,
-            folder_sender,
-            watcher: None,
             pending: Pending::default(),
-            notices,
-            notice_sender,
+            inbox: Inbox {
+                commands,
+                command_sender,
+                folder,
+                folder_sender,
+                probes,
+                probe_sender,
+                notices,
+                notice_sender,
+            },
+            shared: Arc::default(),
             next_instance: 0,
-            starting_up: false,
-            shutting_down: false,
-        })
+            rng: fastrand::Rng::with_seed(seed),
+            phase: Phase::StartingUp,
+        }
     }
 
     pub fn handle(&self) -> SupervisorHandle {
         SupervisorHandle {
-            commands: self.commands.clone(),
+            commands: self.inbox.command_sender.clone(),
+            shared: self.shared.clone(),
         }
     }
 
-    pub fn private_dir(&self) -> &Path {
-        self.loader.private_dir()
+    fn look_rules(&self) -> LookRules {
+        LookRules {
+            plugin_dir: self.settings.plugin_dir.clone(),
+            strict_modes: self.settings.strict_modes,
+            max_bytes: self.host.max_plugin_bytes.get(),
+        }
     }
 
-    /// Serves requests and folder changes until shutdown; returns the shutdown report.
-    pub async fn run(mut self) -> ShutdownReport {
+    /// Serves requests and folder changes until shutdown. A panic in any step is caught:
+    /// the supervisor then refuses requests, stops what it can and reports the panic.
+    pub async fn run(mut self) -> Outcome {
         let period = self.host.rescan_interval_ms.duration();
-        let mut rescans = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut rescans = tokio::time::interval_at(Instant::now() + period, period);
         rescans.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.converge().await;
-            let due = self.pending.next_due();
-            let retry = self.next_retry();
-            tokio::select! {
-                command = self.inbox.recv() => {
-                    let Some(command) = command else { break };
-                    if let Some(reply) = self.on_command(command).await {
-                        let report = self.shutdown().await;
-                        let _ = reply.send(report);
-                        return ShutdownReport::default();
+            let step = AssertUnwindSafe(self.step(&mut rescans))
+                .catch_unwind()
+                .await;
+            match step {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Shutdown(reply)) => {
+                    self.shared.set(Serving::ShuttingDown);
+                    let report = self.shutdown().await;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(report.clone());
                     }
+                    return Outcome::Stopped(report);
                 }
-                Some(event) = self.folder_events.recv() => self.on_folder_event(event),
-                Some(notice) = self.notices.recv() => self.on_notice(notice).await,
-                _ = sleep_until(due), if due.is_some() => self.settle_due().await,
-                _ = sleep_until(retry), if retry.is_some() => self.release_due_holds(),
-                _ = rescans.tick() => self.rescan(false),
+                Err(panic) => return self.after_panic(panic).await,
             }
         }
-        self.shutdown().await
     }
 
-    /// Handles one command; returns the reply channel when it is a shutdown request.
-    async fn on_command(&mut self, command: Command) -> Option<oneshot::Sender<ShutdownReport>> {
+    async fn after_panic(mut self, panic: Box<dyn std::any::Any + Send>) -> Outcome {
+        let message = panic_message(&*panic);
+        error!(panic = %message, "the supervisor panicked (a bug in balut); stopping every container and exiting");
+        self.shared.set(Serving::Failed(message.clone()));
+        if AssertUnwindSafe(self.shutdown())
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            error!("stopping the containers after the panic panicked too; exiting as they are");
+        }
+        Outcome::Panicked(message)
+    }
+
+    /// One turn: start what is due, unload what is unused, then wait for one thing to
+    /// happen and handle it.
+    async fn step(&mut self, rescans: &mut tokio::time::Interval) -> Flow {
+        // Starting first: a container restarting at once reuses its generation in memory.
+        self.converge().await;
+        self.files.sweep(&mut self.platform);
+        let due = self.pending.next_due();
+        let retry = self.containers.next_retry();
+        let flow = tokio::select! {
+            command = self.inbox.commands.recv() => match command {
+                Some(command) => self.on_command(command).await,
+                // Every handle is gone: nobody can ask any more.
+                None => Flow::Shutdown(None),
+            },
+            Some(event) = self.inbox.folder.recv() => {
+                self.on_folder_event(event);
+                Flow::Continue
+            }
+            Some(probe) = self.inbox.probes.recv() => {
+                self.on_probe(&probe.name, probe.instance, probe.report).await;
+                Flow::Continue
+            }
+            Some(notice) = self.inbox.notices.recv() => {
+                self.on_notice(notice).await;
+                Flow::Continue
+            }
+            _ = sleep_until(due), if due.is_some() => {
+                self.settle_due().await;
+                Flow::Continue
+            }
+            _ = sleep_until(retry), if retry.is_some() => {
+                self.containers.release_due_holds(Instant::now());
+                Flow::Continue
+            }
+            _ = rescans.tick() => {
+                self.rescan(false);
+                Flow::Continue
+            }
+        };
+        flow
+    }
+
+    async fn on_command(&mut self, command: Command) -> Flow {
         match command {
             Command::Start { name, reply } => {
-                let result = match self.index_of(&name) {
-                    Some(index) => {
-                        self.containers[index].wanted = true;
-                        self.containers[index].restarts.clear();
-                        self.start_container(index).await;
-                        self.status_of(index)
-                    }
-                    None => Err(ControlError::UnknownContainer(name)),
-                };
+                let result = self.start_by_hand(&name).await;
                 let _ = reply.send(result);
             }
             Command::Restart { name, reply } => {
-                let result = match self.index_of(&name) {
-                    Some(index) => {
-                        self.restart_by_hand(index).await;
-                        self.status_of(index)
-                    }
-                    None => Err(ControlError::UnknownContainer(name)),
-                };
+                let result = self.restart_by_hand(&name).await;
                 let _ = reply.send(result);
             }
             Command::Stop { name, reply } => {
-                let result = match self.index_of(&name) {
-                    Some(index) => {
-                        self.containers[index].wanted = false;
-                        self.containers[index].hold = Hold::Free;
-                        self.stop_dependents(index, "was stopped").await;
-                        // A failed stop is reported in the container's status.
-                        let _ = self
-                            .stop_container(index, self.containers[index].stop_timeout)
-                            .await;
-                        let idle = self.containers[index].instance.is_none();
-                        let parked = self.board.container(&name).is_some_and(|s| {
-                            matches!(
-                                s.state,
-                                State::Waiting | State::Backoff | State::Quarantined
-                            )
-                        });
-                        if idle && parked {
-                            self.set_state(&name, State::Stopped, None);
-                        }
-                        self.status_of(index)
-                    }
-                    None => Err(ControlError::UnknownContainer(name)),
-                };
+                let result = self.stop_by_hand(&name).await;
                 let _ = reply.send(result);
             }
-            Command::Probe {
-                name,
-                instance,
-                report,
-            } => self.on_probe(&name, instance, report).await,
             Command::Reload { reply } => {
                 let _ = reply.send(self.reload_config().await);
             }
-            Command::Shutdown { reply } => return Some(reply),
+            Command::Shutdown { reply } => return Flow::Shutdown(Some(reply)),
+            #[cfg(test)]
+            Command::Inspect { reply } => {
+                let _ = reply.send(self.inspect());
+            }
         }
-        None
+        Flow::Continue
     }
 
-    fn index_of(&self, name: &str) -> Option<usize> {
-        self.containers.iter().position(|c| c.name == name)
+    fn status_of(&self, name: &str) -> Result<ContainerStatus, ControlError> {
+        self.containers
+            .get(name)
+            .map(|c| c.status().clone())
+            .ok_or_else(|| ControlError::UnknownContainer(name.to_owned()))
     }
 
-    fn status_of(&self, index: usize) -> Result<ContainerStatus, ControlError> {
-        let name = &self.containers[index].name;
-        self.board
-            .container(name)
-            .ok_or_else(|| ControlError::UnknownContainer(name.clone()))
+    async fn start_by_hand(&mut self, name: &str) -> Result<ContainerStatus, ControlError> {
+        let container = self
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| ControlError::UnknownContainer(name.to_owned()))?;
+        container.wanted = true;
+        container.restarts.clear();
+        self.containers.show(name, |s| s.restarts = 0);
+        self.start_now(name).await;
+        self.status_of(name)
+    }
+
+    async fn stop_by_hand(&mut self, name: &str) -> Result<ContainerStatus, ControlError> {
+        let container = self
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| ControlError::UnknownContainer(name.to_owned()))?;
+        container.wanted = false;
+        container.hold = Hold::Free;
+        self.stop_dependents(name, "was stopped").await;
+        // A failed stop is reported in the container's status.
+        let _ = self.stop_container(name).await;
+        let parked = self.containers.get(name).is_some_and(|c| {
+            !c.is_live()
+                && matches!(
+                    c.state(),
+                    State::Waiting | State::Backoff | State::Quarantined
+                )
+        });
+        if parked {
+            self.containers.set_state(name, State::Stopped, None);
+        }
+        self.status_of(name)
     }
 }
 
-async fn sleep_until(due: Option<tokio::time::Instant>) {
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,

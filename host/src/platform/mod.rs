@@ -1,0 +1,177 @@
+//! What the supervisor needs from the world, behind traits: the plugin folder (list, stamp,
+//! look at a file), library generations (load, check a config, unload) and the worker that
+//! makes every call into one container instance.
+//!
+//! [`Real`] is the world: the file system, `loader::Loader` and `loader::Worker`. The
+//! supervisor's deterministic simulation (`supervisor/sim/`) plugs in a fake one, so every
+//! decision the supervisor makes is tested under seeded random orders of events.
+
+mod look;
+mod real;
+
+pub use look::{LookRules, is_candidate, list_candidates};
+pub use real::Real;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::loader::{CallError, ConfigCheck, HealthReport, LoadError, PluginInfo, UnloadReport};
+use crate::services::HostServices;
+use crate::watcher::FolderEvent;
+
+/// What cheaply tells that a file changed: size, modification time, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub modified: Option<SystemTime>,
+    pub inode: u64,
+}
+
+/// Why a plugin file cannot be used, as the API's `error_kind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// It could not be read (or a symlink not resolved).
+    Io,
+    /// A folder, socket, device...
+    NotAFile,
+    /// Writable by others, or a symlink leading out of the folder.
+    Untrusted,
+    /// Larger than `host.max_plugin_bytes`.
+    TooLarge,
+    /// The loader refused it (`LoadError::kind`).
+    Load(&'static str),
+    /// Another file already provides its plugin.
+    DuplicatePlugin,
+    /// It loaded, but its containers did not start: the previous generation runs again.
+    RolledBack,
+}
+
+impl Problem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Io => "io",
+            Self::NotAFile => "not_a_file",
+            Self::Untrusted => "untrusted",
+            Self::TooLarge => "too_large",
+            Self::Load(kind) => kind,
+            Self::DuplicatePlugin => "duplicate_plugin",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// What looking at one name in the plugin folder found: facts about the file only. What
+/// they mean given what the host already has is decided by `supervisor/admission.rs`.
+#[derive(Debug)]
+pub enum Observation {
+    Gone,
+    /// It cannot be used; `key` identifies the condition, so it is reported once.
+    Unusable {
+        problem: Problem,
+        message: String,
+        key: String,
+    },
+    /// It changed while being read: look again once it is quiet.
+    Changing,
+    /// Its whole content.
+    Content(Content),
+}
+
+/// A file's content as read once: everything later (hash, checks, the private copy) comes
+/// from these bytes, so the file cannot change in between.
+#[derive(Debug, Clone)]
+pub struct Content {
+    pub bytes: Arc<Vec<u8>>,
+    /// Hex SHA-256 of `bytes`.
+    pub hash: String,
+    pub stamp: Stamp,
+}
+
+/// One loaded generation of a plugin file.
+pub trait Generation: Send + Sync + 'static {
+    fn info(&self) -> &PluginInfo;
+    /// The plugin file in the watched folder.
+    fn file(&self) -> &Path;
+    /// The private copy that is mapped.
+    fn copy(&self) -> &Path;
+    fn generation(&self) -> u64;
+    fn sha256(&self) -> &str;
+    fn loaded_at(&self) -> SystemTime;
+    /// Containers an instance requires unless its config says otherwise.
+    fn default_requires(&self) -> &[String];
+
+    /// The first 12 hex digits of the content hash.
+    fn short_hash(&self) -> &str {
+        let hash = self.sha256();
+        &hash[..12.min(hash.len())]
+    }
+}
+
+/// The thread that makes every call into one container instance, each with a timeout. A
+/// call that overruns leaves the worker stuck: it is abandoned with its generation.
+pub trait Calls: Send + Sync + 'static {
+    type Library: Generation;
+
+    fn library(&self) -> &Arc<Self::Library>;
+    fn is_stuck(&self) -> bool;
+    fn construct(
+        &self,
+        name: &str,
+        config_json: String,
+        services: &HostServices,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), CallError>> + Send;
+    fn start(&self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
+    fn stop(&self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
+    fn health(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<HealthReport, CallError>> + Send;
+    /// `None` when the plugin has no readiness check (interface 1.0).
+    fn ready(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<HealthReport>, CallError>> + Send;
+    /// Drops the plugin's value.
+    fn dispose(&self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// Ends and joins the thread; fails (abandoning it) if it is stuck or does not end.
+    fn finish(self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
+}
+
+/// The world the supervisor acts on.
+pub trait Platform: Send + 'static {
+    type Library: Generation;
+    type Worker: Calls<Library = Self::Library>;
+
+    /// Starts watching `dir`, sending events to `events`; replaces an earlier watch.
+    fn watch(&mut self, dir: &Path, events: UnboundedSender<FolderEvent>) -> Result<(), String>;
+    fn unwatch(&mut self);
+    /// The plugin candidates in `dir`, sorted.
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
+    fn stamp(&self, path: &Path) -> Option<Stamp>;
+    /// Looks at one name: metadata, symlink and trust rules, size limit, content.
+    fn look(&self, path: &Path, rules: &LookRules) -> Observation;
+    /// The content of a loaded generation, from its private copy.
+    fn read_copy(&self, library: &Self::Library) -> std::io::Result<Vec<u8>>;
+    /// Checks and opens `content` as a new generation of `path`.
+    fn load(
+        &mut self,
+        path: &Path,
+        content: &Content,
+    ) -> impl Future<Output = Result<Arc<Self::Library>, LoadError>> + Send;
+    /// Closes a generation nothing else holds; gives it back if something still does.
+    fn unload(&mut self, library: Arc<Self::Library>) -> Result<UnloadReport, Arc<Self::Library>>;
+    /// Asks the plugin whether its config type accepts `config_json`, constructing nothing.
+    fn check_config(
+        &self,
+        library: &Arc<Self::Library>,
+        config_json: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ConfigCheck, CallError>> + Send;
+    /// Starts the worker thread of container `name` on `library`.
+    fn spawn(&self, name: &str, library: Arc<Self::Library>) -> std::io::Result<Self::Worker>;
+}

@@ -1,0 +1,151 @@
+//! The real world: the file system, `loader::Loader`, `loader::Worker`, the notify watch.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Calls, Content, Generation, LookRules, Observation, Platform, Stamp};
+use crate::loader::{
+    self, CallError, ConfigCheck, HealthReport, Library, LoadError, Loader, PluginInfo,
+    UnloadReport, Worker,
+};
+use crate::services::HostServices;
+use crate::watcher::{self, FolderEvent, FolderWatcher};
+
+/// The file system and the loader.
+pub struct Real {
+    loader: Loader,
+    watcher: Option<FolderWatcher>,
+}
+
+impl Real {
+    /// Creates the private copy folder (under `copy_dir`, or the system's temp folder).
+    pub fn new(copy_dir: Option<&Path>, load_timeout: Duration) -> std::io::Result<Self> {
+        Ok(Self {
+            loader: Loader::new(copy_dir, load_timeout)?,
+            watcher: None,
+        })
+    }
+
+    /// The folder holding private copies.
+    pub fn private_dir(&self) -> &Path {
+        self.loader.private_dir()
+    }
+}
+
+impl Generation for Library {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+    fn file(&self) -> &Path {
+        &self.file
+    }
+    fn copy(&self) -> &Path {
+        &self.copy
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+    fn default_requires(&self) -> &[String] {
+        &self.default_requires
+    }
+}
+
+impl Calls for Worker {
+    type Library = Library;
+
+    fn library(&self) -> &Arc<Library> {
+        Worker::library(self)
+    }
+    fn is_stuck(&self) -> bool {
+        Worker::is_stuck(self)
+    }
+    async fn construct(
+        &self,
+        name: &str,
+        config_json: String,
+        services: &HostServices,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        Worker::construct(self, name, config_json, services.to_ffi(), timeout).await
+    }
+    async fn start(&self, timeout: Duration) -> Result<(), CallError> {
+        Worker::start(self, timeout).await
+    }
+    async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
+        Worker::stop(self, timeout).await
+    }
+    async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
+        Worker::health(self, timeout).await
+    }
+    async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
+        Worker::ready(self, timeout).await
+    }
+    async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
+        Worker::dispose(self, timeout).await
+    }
+    async fn finish(self, timeout: Duration) -> Result<(), CallError> {
+        Worker::finish(self, timeout).await
+    }
+}
+
+impl Platform for Real {
+    type Library = Library;
+    type Worker = Worker;
+
+    fn watch(&mut self, dir: &Path, events: UnboundedSender<FolderEvent>) -> Result<(), String> {
+        self.watcher = Some(watcher::watch(dir, events).map_err(|e| e.to_string())?);
+        Ok(())
+    }
+
+    fn unwatch(&mut self) {
+        self.watcher = None;
+    }
+
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        super::list_candidates(dir)
+    }
+
+    fn stamp(&self, path: &Path) -> Option<Stamp> {
+        std::fs::metadata(path).ok().map(|m| Stamp::of(&m))
+    }
+
+    fn look(&self, path: &Path, rules: &LookRules) -> Observation {
+        super::look::look(path, rules)
+    }
+
+    fn read_copy(&self, library: &Library) -> std::io::Result<Vec<u8>> {
+        std::fs::read(&library.copy)
+    }
+
+    async fn load(&mut self, path: &Path, content: &Content) -> Result<Arc<Library>, LoadError> {
+        self.loader
+            .load_hashed(path, &content.bytes, content.hash.clone())
+            .await
+    }
+
+    fn unload(&mut self, library: Arc<Library>) -> Result<UnloadReport, Arc<Library>> {
+        library.unload()
+    }
+
+    async fn check_config(
+        &self,
+        library: &Arc<Library>,
+        config_json: &str,
+        timeout: Duration,
+    ) -> Result<ConfigCheck, CallError> {
+        loader::check_config(library, config_json, timeout).await
+    }
+
+    fn spawn(&self, name: &str, library: Arc<Library>) -> std::io::Result<Worker> {
+        Worker::spawn(name, library)
+    }
+}

@@ -1,0 +1,117 @@
+//! The folder's timing: which names are due for a look, and when. Events (and rescans)
+//! only mark a name; a name is looked at once it has been quiet for [`QUIET`], and a file
+//! that is not yet a whole library is looked at again until it has settled.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+/// How long a name must be free of events before it is looked at: long enough to merge
+/// the events of one `cp` or rename, far shorter than a human notices.
+pub const QUIET: Duration = Duration::from_millis(20);
+
+/// Names waiting to be looked at, and when each last had an event.
+#[derive(Debug, Default)]
+pub struct Pending {
+    due: HashMap<PathBuf, Instant>,
+    last_event: HashMap<PathBuf, Instant>,
+}
+
+impl Pending {
+    /// An event for `path`: look at it once it has been quiet for [`QUIET`].
+    pub fn touch(&mut self, path: PathBuf, now: Instant) {
+        self.due.insert(path.clone(), now + QUIET);
+        self.last_event.insert(path, now);
+    }
+
+    /// Look at `path` again at `at` (unless an event brings it forward).
+    pub fn retry_at(&mut self, path: PathBuf, at: Instant) {
+        let due = self.due.entry(path).or_insert(at);
+        *due = (*due).min(at);
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.values().min().copied()
+    }
+
+    /// The names due by `now`, sorted, removed from the queue.
+    pub fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due: Vec<PathBuf> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(path, _)| path.clone())
+            .collect();
+        due.sort();
+        for path in &due {
+            self.due.remove(path);
+        }
+        due
+    }
+
+    /// `path` was looked at and needs no further look: forget its last event unless
+    /// another look is already due.
+    pub fn settled(&mut self, path: &Path) {
+        if !self.due.contains_key(path) {
+            self.last_event.remove(path);
+        }
+    }
+
+    pub fn forget(&mut self, path: &Path) {
+        self.due.remove(path);
+        self.last_event.remove(path);
+    }
+
+    /// When a file that does not load as a whole library may still be being written, when
+    /// to look again: `settle` after its last event or write, whichever is later.
+    pub fn still_settling(
+        &self,
+        path: &Path,
+        modified: Option<SystemTime>,
+        settle: Duration,
+        now: Instant,
+    ) -> Option<Instant> {
+        let event_age = self.last_event.get(path).map(|at| now.duration_since(*at));
+        // A modification time in the future tells nothing; the events still do.
+        let write_age = modified.and_then(|m| SystemTime::now().duration_since(m).ok());
+        let age = event_age.into_iter().chain(write_age).min()?;
+        (age < settle).then(|| now + (settle - age))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_waits_for_quiet_and_keeps_the_earliest_retry() {
+        let mut pending = Pending::default();
+        let start = Instant::now();
+        let a = PathBuf::from("/p/a.so");
+        pending.touch(a.clone(), start);
+        assert_eq!(pending.next_due(), Some(start + QUIET));
+        assert!(pending.take_due(start).is_empty());
+        // Another event pushes the look back.
+        pending.touch(a.clone(), start + Duration::from_millis(10));
+        assert!(pending.take_due(start + QUIET).is_empty());
+        assert_eq!(
+            pending.take_due(start + Duration::from_millis(30)),
+            vec![a.clone()]
+        );
+        assert_eq!(pending.next_due(), None);
+        let settle = Duration::from_secs(1);
+        assert_eq!(
+            pending.still_settling(&a, None, settle, start + Duration::from_millis(10)),
+            Some(start + Duration::from_millis(1010))
+        );
+
+        pending.retry_at(a.clone(), start + Duration::from_secs(1));
+        pending.retry_at(a.clone(), start + Duration::from_millis(500));
+        assert_eq!(pending.next_due(), Some(start + Duration::from_millis(500)));
+        pending.forget(&a);
+        assert_eq!(pending.next_due(), None);
+        assert_eq!(pending.still_settling(&a, None, settle, start), None);
+    }
+}

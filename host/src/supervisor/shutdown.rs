@@ -1,0 +1,71 @@
+//! Stopping everything: in reverse dependency order, each within its stop timeout and all
+//! within the shutdown budget; then every generation is unloaded.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::handle::{ShutdownReport, StopFailure};
+use super::{Phase, Supervisor};
+use crate::platform::{Calls, Platform};
+
+impl<P: Platform> Supervisor<P> {
+    pub(super) async fn shutdown(&mut self) -> ShutdownReport {
+        self.platform.unwatch();
+        self.phase = Phase::ShuttingDown;
+        let budget = self.host.shutdown_timeout_ms.duration();
+        let deadline = Instant::now() + budget;
+        info!(budget_ms = budget.as_millis() as u64, "shutting down");
+        let mut report = ShutdownReport::default();
+        let all = self.containers.names_where(|c| c.is_live());
+        for name in self.containers.stop_order(&all) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let reason = self.abandon(&name, budget);
+                report.failures.push(StopFailure {
+                    container: name,
+                    reason,
+                });
+                continue;
+            }
+            let timeout = self
+                .containers
+                .get(&name)
+                .map_or(left, |c| c.spec.stop_timeout.min(left));
+            if let Err(reason) = self.stop_within(&name, timeout).await {
+                report.failures.push(StopFailure {
+                    container: name,
+                    reason,
+                });
+            }
+        }
+        self.files.sweep(&mut self.platform);
+        report.not_unloaded = self.files.not_unloaded().to_vec();
+        for failure in &report.failures {
+            warn!(container = %failure.container, reason = %failure.reason, "did not stop cleanly");
+        }
+        report
+    }
+
+    /// A container whose turn came after the budget was used up is not called at all: a
+    /// stop with no time left would fail and blame a container that did nothing wrong.
+    /// Its thread and generation are left to the exiting process.
+    fn abandon(&mut self, name: &str, budget: Duration) -> String {
+        let reason = format!(
+            "not stopped: the shutdown budget ({} ms, host.shutdown_timeout_ms) was used up before its turn",
+            budget.as_millis()
+        );
+        let instance = self.containers.get_mut(name).and_then(|c| c.instance.take());
+        if let Some(mut instance) = instance {
+            if let Some(task) = instance.probe_task.take() {
+                task.abort();
+            }
+            instance.services.request_stop();
+            let library = instance.worker.library().clone();
+            self.files.pin(&*library, format!("container `{name}`: {reason}"));
+        }
+        self.fail(name, reason.clone());
+        reason
+    }
+}

@@ -336,6 +336,8 @@ impl Supervisor {
                 }
                 self.after_failure(&name).await;
             }
+            // Interface 1.2; handled by the supervisor rewrite.
+            Notice::Finished(_) => {}
         }
     }
 

@@ -1,5 +1,6 @@
 //! What the host offers each container through its `Context`: logging into the host's
-//! `tracing` output, tagged with the container's name, and the stop-requested flag.
+//! `tracing` output, tagged with the container's name, the stop-requested flag, and the
+//! notices a container sends of its own accord (readiness, failure, finished).
 //!
 //! These methods are called from plugin threads through an abi_stable vtable; a panic here
 //! would end the process (abi_stable aborts on unwinding), so nothing in them may panic.
@@ -15,12 +16,15 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, RSlice, RStr, Tuple2};
 use balut_plugin_api::ffi::{FfiHost, FfiHost_TO, FfiHostArc, FfiLevel};
 
-/// What a container tells the host of its own accord (interface 1.1).
+/// What a container tells the host of its own accord.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
+    /// Interface 1.1: `Context::set_ready`.
     Ready(bool),
+    /// Interface 1.1: `Context::report_failure`, with the reason.
     Failed(String),
-    /// The container finished its work (interface 1.2).
+    /// Interface 1.2: `Context::report_finished`, with the plugin's message: the container
+    /// has finished its work (a clean end, not a failure).
     Finished(String),
 }
 
@@ -198,6 +202,10 @@ impl FfiHost for HostServices {
     fn report_failure(&self, reason: RStr<'_>) {
         self.notify(Notice::Failed(reason.as_str().to_owned()));
     }
+
+    fn report_finished(&self, message: RStr<'_>) {
+        self.notify(Notice::Finished(message.as_str().to_owned()));
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +248,20 @@ mod tests {
         assert!(!ffi.stop_requested());
         services.request_stop();
         assert!(ffi.stop_requested());
+    }
+
+    #[test]
+    fn a_finished_container_becomes_a_notice() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let services = HostServices::new("job", 1, 3, tx);
+        services
+            .to_ffi()
+            .report_finished(RStr::from_str("imported 12 rows"));
+        let notice = rx.try_recv().unwrap();
+        assert_eq!(
+            (&*notice.container, notice.instance, notice.notice),
+            ("job", 3, Notice::Finished("imported 12 rows".into()))
+        );
     }
 
     #[test]

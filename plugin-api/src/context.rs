@@ -26,7 +26,8 @@ impl From<Level> for FfiLevel {
     }
 }
 
-/// The container's line to the host: logging and stop requests.
+/// The container's line to the host: logging, stop requests, readiness, failures and the
+/// end of its work.
 ///
 /// Cheap to clone and safe to move to the container's own threads. The host tags every line
 /// with the container's name, so there is no need to repeat it.
@@ -100,6 +101,19 @@ impl Context {
     /// stops the container and restarts it as its restart policy says).
     pub fn report_failure(&self, reason: &str) {
         self.host.report_failure(RStr::from_str(reason));
+    }
+
+    /// Reports that the container has finished its work, with a message saying how (say,
+    /// "import done"): a clean end, not a failure. The host stops it (calls
+    /// [`Container::stop`](crate::Container::stop), then drops it) and, with restart policy
+    /// `always`, starts it again; otherwise it leaves it `stopped`. Call it once, from a
+    /// thread of the container's own when its work is done (that thread is joined in `stop`
+    /// like any other).
+    ///
+    /// Interface 1.2: on a host older than 1.2 it does nothing (the container keeps running
+    /// until it is stopped); such hosts refuse plugins built for 1.2 anyway.
+    pub fn report_finished(&self, message: &str) {
+        self.host.report_finished(RStr::from_str(message));
     }
 
     /// Whether the host has asked this container to stop. Long-running work started by

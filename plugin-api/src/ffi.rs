@@ -18,7 +18,8 @@
 //! Plugins built for an older minor keep loading because the host checks layouts with the
 //! plugin's as the "interface" side and a fresh abi_stable checking cache per load (abi_stable's
 //! `init_root_module` checks the other way and would refuse them); measured with a 1.1 host
-//! and 1.0 plugins over hundreds of load/unload cycles.
+//! and 1.0 plugins over hundreds of load/unload cycles (and kept by a 1.2 host: the 1.0
+//! fixture of `tests/e2e/evolution.rs`).
 //!
 //! [`INTERFACE_MINOR`]: crate::INTERFACE_MINOR
 //! [`INTERFACE_MAJOR`]: crate::INTERFACE_MAJOR
@@ -59,6 +60,26 @@ impl FfiError {
     pub fn new(kind: FfiErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
+            message: RString::from(message.into()),
+        }
+    }
+}
+
+/// Interface 1.2: why a plugin refused a config, from [`PluginMod::check_config`]. Frozen.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct FfiConfigError {
+    /// Where in the config: the dotted key path (`limits.max`, `items[2].name`); empty for
+    /// the config as a whole (and for a panic).
+    pub path: RString,
+    /// What is wrong there: serde's message (without a JSON position), or `panicked: ...`.
+    pub message: RString,
+}
+
+impl FfiConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: RString::from(path.into()),
             message: RString::from(message.into()),
         }
     }
@@ -145,6 +166,13 @@ pub trait FfiHost: Send + Sync + Clone {
     fn report_failure(&self, reason: RStr<'_>) {
         let _ = reason;
     }
+
+    /// Interface 1.2: the container reports that it has finished its work; the host stops
+    /// it. (The default body runs in a plugin only if a host without the method passed it
+    /// one: it does nothing.)
+    fn report_finished(&self, message: RStr<'_>) {
+        let _ = message;
+    }
 }
 
 /// A shared host handle; its vtable lives in the host.
@@ -169,6 +197,11 @@ pub struct PluginMod {
     /// Interface 1.1: the containers an instance requires unless its config says otherwise.
     /// Read with the `Option`-returning accessor: `None` from a 1.0 plugin.
     pub default_requires: RSlice<'static, RStr<'static>>,
+
+    /// Interface 1.2: checks a JSON config against the plugin's config type without
+    /// constructing anything: `Ok` if the constructor would get past deserializing it.
+    /// Read with the `Option`-returning accessor: `None` from a 1.0 or 1.1 plugin.
+    pub check_config: extern "C" fn(config_json: RStr<'_>) -> RResult<(), FfiConfigError>,
 }
 
 impl RootModule for PluginModRef {

@@ -1,6 +1,6 @@
 //! Interface evolution: a plugin built against the frozen interface 1.0 API
-//! (`tests/fixtures/old-api`) loads, runs, stops and unloads in this host (1.1), beside
-//! 1.1 plugins; and the 1.1 additions (readiness, reported failures, default requirements)
+//! (`tests/fixtures/old-api`) loads, runs, stops and unloads in this host (1.2), beside
+//! 1.2 plugins; and the 1.1 additions (readiness, reported failures, default requirements)
 //! work end to end.
 
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ fn a_plugin_built_for_interface_1_0_loads_runs_and_unloads_again_and_again() {
     let old = host.plugin("libold_timer.so");
     assert_eq!(old["status"], "loaded", "{old}");
     assert_eq!(old["interface_version"], "1.0", "{old}");
-    assert_eq!(host.plugin("libchaos.so")["interface_version"], "1.1");
+    assert_eq!(host.plugin("libchaos.so")["interface_version"], "1.2");
     host.wait_log("old timer started on interface 1.0", STATE_TIMEOUT);
     assert_eq!(host.container("old-timer")["ready"], true);
 

@@ -5,12 +5,15 @@
 //! checks of `loader/elf.rs`), gates on the declared interface version, writes them to a
 //! private copy with a unique name per generation, and opens the copy on a thread that is
 //! joined before the load returns. Every
-//! later call into the library runs on a [`Worker`] thread the host owns for one container.
+//! later call into the library runs on a [`Worker`] thread the host owns for one container,
+//! except a config check ([`check_config`], interface 1.2), which runs on a short-lived
+//! thread of its own.
 //! [`Library::unload`] closes the library once nothing holds it, deletes the copy and
 //! verifies with `/proc/self/maps` that the copy is really gone.
 //!
 //! Facts behind this design: `../shared/notes/native-plugins.md`.
 
+mod check;
 pub(crate) mod elf;
 mod maps;
 mod worker;
@@ -28,6 +31,7 @@ use balut_plugin_api::__private::{PluginDeclaration, PluginModRef};
 use balut_plugin_api::{INTERFACE_MAJOR, INTERFACE_MINOR};
 use sha2::{Digest, Sha256};
 
+pub use check::{ConfigCheck, check_config};
 pub use elf::ElfProblem;
 pub use worker::{CallError, HealthReport, Worker};
 
@@ -549,22 +553,4 @@ mod tests {
         assert!(!v(INTERFACE_MAJOR, INTERFACE_MINOR + 1).loadable_by_host());
         assert!(INTERFACE_MAJOR == 0 || !v(INTERFACE_MAJOR - 1, 0).loadable_by_host());
     }
-}
-
-// TEMPORARY until the interface 1.2 work lands: replaced by the loader's own.
-/// What a plugin's config type says of a config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigCheck {
-    Accepted,
-    Refused { path: String, message: String },
-    Unsupported,
-}
-
-/// TEMPORARY.
-pub async fn check_config(
-    _library: &Arc<Library>,
-    _config_json: &str,
-    _timeout: Duration,
-) -> Result<ConfigCheck, CallError> {
-    Ok(ConfigCheck::Unsupported)
 }

@@ -20,6 +20,9 @@
 //!   (`Context::report_failure`).
 //! - `report_failure_every_ms`: reports a failure every this many milliseconds after
 //!   `start`, until stopped ("chaos: failure N reported as configured").
+//! - `finish_after_ms`: reports its work finished this long after `start`
+//!   (`Context::report_finished`, "finished after N ms"), once: the container ends cleanly
+//!   of its own accord.
 //! - `leak_thread`: `start` spawns a thread that `stop` never joins: it keeps running
 //!   (and keeps the library mapped) after the container is gone, which the host must
 //!   report as a library it could not unload.
@@ -49,6 +52,7 @@ struct Config {
     fail_ready_after: Option<u32>,
     report_failure_after_ms: Option<u64>,
     report_failure_every_ms: Option<u64>,
+    finish_after_ms: Option<u64>,
     leak_thread: bool,
     log_line_bytes: Option<usize>,
 }
@@ -83,7 +87,8 @@ struct Chaos {
     config: Config,
     health_checks: AtomicU32,
     ready_checks: AtomicU32,
-    /// The thread that reports readiness or a failure later, and how to wake it.
+    /// The thread that reports readiness, a failure or the end of its work later, and how to
+    /// wake it.
     reporter: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -122,6 +127,7 @@ impl Container for Chaos {
         if self.config.ready_after_ms.is_some()
             || self.config.report_failure_after_ms.is_some()
             || self.config.report_failure_every_ms.is_some()
+            || self.config.finish_after_ms.is_some()
         {
             self.reporter = Some(spawn_reporter(&self.ctx, &self.config));
         }
@@ -180,27 +186,49 @@ impl Drop for Chaos {
     }
 }
 
-/// Reports readiness and/or a failure at the configured times, until `stop` hangs up.
+/// What the reporter thread reports at a configured time after `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Report {
+    Ready,
+    Failure,
+    Finished,
+}
+
+/// The reports configured once, in the order they are due: `(ms after start, report)`.
+fn timed_reports(config: &Config) -> Vec<(u64, Report)> {
+    let mut reports: Vec<(u64, Report)> = Vec::new();
+    reports.extend(config.ready_after_ms.map(|ms| (ms, Report::Ready)));
+    reports.extend(
+        config
+            .report_failure_after_ms
+            .map(|ms| (ms, Report::Failure)),
+    );
+    reports.extend(config.finish_after_ms.map(|ms| (ms, Report::Finished)));
+    reports.sort();
+    reports
+}
+
+/// Reports readiness, a failure and/or the end of its work at the configured times, until
+/// `stop` hangs up.
 fn spawn_reporter(ctx: &Context, config: &Config) -> (mpsc::Sender<()>, JoinHandle<()>) {
     let (wake, hung_up) = mpsc::channel::<()>();
     let ctx = ctx.clone();
-    let mut events: Vec<(u64, bool)> = Vec::new(); // (ms after start, is_failure)
-    events.extend(config.ready_after_ms.map(|ms| (ms, false)));
-    events.extend(config.report_failure_after_ms.map(|ms| (ms, true)));
-    events.sort();
+    let reports = timed_reports(config);
     let every = config.report_failure_every_ms;
     let reporter = thread::spawn(move || {
         let started = Instant::now();
-        for (ms, failure) in events {
+        for (ms, report) in reports {
             let left = Duration::from_millis(ms).saturating_sub(started.elapsed());
             if hung_up.recv_timeout(left) != Err(mpsc::RecvTimeoutError::Timeout) {
                 return; // `stop` hung up.
             }
-            if failure {
-                ctx.report_failure("chaos: failure reported as configured");
-            } else {
-                ctx.info("ready now");
-                ctx.set_ready(true);
+            match report {
+                Report::Ready => {
+                    ctx.info("ready now");
+                    ctx.set_ready(true);
+                }
+                Report::Failure => ctx.report_failure("chaos: failure reported as configured"),
+                Report::Finished => ctx.report_finished(&format!("finished after {ms} ms")),
             }
         }
         let Some(every) = every else { return };
@@ -358,5 +386,27 @@ mod tests {
         assert_eq!(config.report_failure_every_ms, Some(100));
         assert!(config.leak_thread);
         assert_eq!(config.log_line_bytes, Some(10));
+    }
+
+    #[test]
+    fn reports_are_due_in_time_order() {
+        let config = parse(
+            r#"{"finish_after_ms": 300, "ready_after_ms": 100, "report_failure_after_ms": 200}"#,
+        )
+        .unwrap();
+        assert_eq!(config.finish_after_ms, Some(300));
+        assert_eq!(
+            timed_reports(&config),
+            [
+                (100, Report::Ready),
+                (200, Report::Failure),
+                (300, Report::Finished)
+            ]
+        );
+        assert_eq!(
+            timed_reports(&parse(r#"{"finish_after_ms": 0}"#).unwrap()),
+            [(0, Report::Finished)]
+        );
+        assert!(timed_reports(&Config::default()).is_empty());
     }
 }

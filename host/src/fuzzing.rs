@@ -17,8 +17,8 @@ use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::loader::{LoadError, elf};
-use crate::status::Board;
 use crate::platform::Real;
+use crate::status::Board;
 use crate::supervisor::{Settings, Supervisor};
 
 /// Feeds `data` to the config parser.

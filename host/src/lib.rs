@@ -36,8 +36,8 @@ use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, LogFormat, RunArgs};
 use crate::config::Config;
-use crate::status::Board;
 use crate::platform::Real;
+use crate::status::Board;
 use crate::supervisor::{Outcome, Settings, Supervisor};
 
 /// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,

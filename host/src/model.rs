@@ -212,7 +212,6 @@ pub enum ProbeKind {
     Readiness,
 }
 
-
 /// One probe's result, as the status shows the last ten.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeRecord {
@@ -222,4 +221,3 @@ pub struct ProbeRecord {
     pub message: String,
     pub duration_ms: f64,
 }
-

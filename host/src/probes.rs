@@ -282,9 +282,7 @@ mod tests {
     ) -> impl FnMut(
         ProbeKind,
         Duration,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<HealthReport, CallError>>>,
-    > {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<HealthReport, CallError>>>> {
         let mut calls = 0;
         move |_kind, timeout| {
             calls += 1;

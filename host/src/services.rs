@@ -7,8 +7,8 @@
 
 use std::borrow::Cow;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -28,17 +28,64 @@ pub enum Notice {
     Finished(String),
 }
 
-/// A [`Notice`] with where it comes from.
+/// What one instance reported and the supervisor has not handled yet: the latest
+/// readiness, the first failure, the first finish. A plugin that reports in a tight loop
+/// overwrites, it never queues.
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// Whether a wake-up for this instance is in the supervisor's channel.
+    queued: AtomicBool,
+    readiness_changed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    finished: Mutex<Option<String>>,
+}
+
+/// A wake-up for the supervisor: instance `instance` of `container` has notices. At most
+/// one per instance is ever in the channel, so it holds at most one entry per live
+/// instance, however often a plugin reports.
 #[derive(Debug, Clone)]
 pub struct NoticeFrom {
     pub container: Arc<str>,
     pub instance: u64,
-    pub notice: Notice,
+    mailbox: Arc<Mailbox>,
+    readiness: Arc<AtomicU8>,
+}
+
+impl NoticeFrom {
+    /// Takes the notices reported since the last take: readiness first, then a failure,
+    /// then a finish.
+    pub fn take(&self) -> Vec<Notice> {
+        self.mailbox.queued.store(false, Ordering::SeqCst);
+        let mut notices = Vec::new();
+        if self.mailbox.readiness_changed.swap(false, Ordering::SeqCst) {
+            if let Some(ready) = readiness_of(&self.readiness) {
+                notices.push(Notice::Ready(ready));
+            }
+        }
+        let take = |slot: &Mutex<Option<String>>| {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+        };
+        if let Some(reason) = take(&self.mailbox.failure) {
+            notices.push(Notice::Failed(reason));
+        }
+        if let Some(message) = take(&self.mailbox.finished) {
+            notices.push(Notice::Finished(message));
+        }
+        notices
+    }
 }
 
 const READINESS_UNSET: u8 = 0;
 const READINESS_READY: u8 = 1;
 const READINESS_NOT_READY: u8 = 2;
+
+fn readiness_of(value: &AtomicU8) -> Option<bool> {
+    match value.load(Ordering::SeqCst) {
+        READINESS_READY => Some(true),
+        READINESS_NOT_READY => Some(false),
+        _ => None,
+    }
+}
 
 /// The host's side of one container's `Context`.
 #[derive(Clone)]
@@ -48,7 +95,8 @@ pub struct HostServices {
     instance: u64,
     stop_requested: Arc<AtomicBool>,
     readiness: Arc<AtomicU8>,
-    notices: UnboundedSender<NoticeFrom>,
+    mailbox: Arc<Mailbox>,
+    wake: UnboundedSender<NoticeFrom>,
 }
 
 impl HostServices {
@@ -56,7 +104,7 @@ impl HostServices {
         container: &str,
         generation: u64,
         instance: u64,
-        notices: UnboundedSender<NoticeFrom>,
+        wake: UnboundedSender<NoticeFrom>,
     ) -> Self {
         Self {
             container: container.into(),
@@ -64,25 +112,60 @@ impl HostServices {
             instance,
             stop_requested: Arc::default(),
             readiness: Arc::new(AtomicU8::new(READINESS_UNSET)),
-            notices,
+            mailbox: Arc::default(),
+            wake,
         }
     }
 
     /// What the container last reported about its readiness, if anything.
     pub fn reported_readiness(&self) -> Option<bool> {
-        match self.readiness.load(Ordering::SeqCst) {
-            READINESS_READY => Some(true),
-            READINESS_NOT_READY => Some(false),
-            _ => None,
-        }
+        readiness_of(&self.readiness)
     }
 
-    fn notify(&self, notice: Notice) {
+    /// Whether the host asked this container to stop.
+    pub fn is_stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    /// The container reports itself ready or not ready.
+    pub fn report_ready(&self, ready: bool) {
+        let value = if ready {
+            READINESS_READY
+        } else {
+            READINESS_NOT_READY
+        };
+        self.readiness.store(value, Ordering::SeqCst);
+        self.mailbox.readiness_changed.store(true, Ordering::SeqCst);
+        self.wake_supervisor();
+    }
+
+    /// The container reports a failure (the first one counts).
+    pub fn report_failure(&self, reason: &str) {
+        self.fill(&self.mailbox.failure, reason);
+    }
+
+    /// The container reports that it finished its work.
+    pub fn report_finished(&self, message: &str) {
+        self.fill(&self.mailbox.finished, message);
+    }
+
+    fn fill(&self, slot: &Mutex<Option<String>>, text: &str) {
+        slot.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(|| clip(text).into_owned());
+        self.wake_supervisor();
+    }
+
+    fn wake_supervisor(&self) {
+        if self.mailbox.queued.swap(true, Ordering::SeqCst) {
+            return; // A wake-up is already on its way; it will see this too.
+        }
         // The receiver is gone only while the host shuts down; nothing to tell then.
-        let _ = self.notices.send(NoticeFrom {
+        let _ = self.wake.send(NoticeFrom {
             container: self.container.clone(),
             instance: self.instance,
-            notice,
+            mailbox: self.mailbox.clone(),
+            readiness: self.readiness.clone(),
         });
     }
 
@@ -190,21 +273,15 @@ impl FfiHost for HostServices {
     }
 
     fn set_ready(&self, ready: bool) {
-        let value = if ready {
-            READINESS_READY
-        } else {
-            READINESS_NOT_READY
-        };
-        self.readiness.store(value, Ordering::SeqCst);
-        self.notify(Notice::Ready(ready));
+        self.report_ready(ready);
     }
 
     fn report_failure(&self, reason: RStr<'_>) {
-        self.notify(Notice::Failed(reason.as_str().to_owned()));
+        HostServices::report_failure(self, reason.as_str());
     }
 
     fn report_finished(&self, message: RStr<'_>) {
-        self.notify(Notice::Finished(message.as_str().to_owned()));
+        HostServices::report_finished(self, message.as_str());
     }
 }
 
@@ -257,30 +334,36 @@ mod tests {
         services
             .to_ffi()
             .report_finished(RStr::from_str("imported 12 rows"));
-        let notice = rx.try_recv().unwrap();
-        assert_eq!(
-            (&*notice.container, notice.instance, notice.notice),
-            ("job", 3, Notice::Finished("imported 12 rows".into()))
-        );
+        let wake = rx.try_recv().expect("a wake-up");
+        assert_eq!((&*wake.container, wake.instance), ("job", 3));
+        assert_eq!(wake.take(), [Notice::Finished("imported 12 rows".into())]);
     }
 
     #[test]
-    fn readiness_and_failures_become_notices() {
+    fn notices_coalesce_into_one_wake_up_per_instance() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let services = HostServices::new("web", 1, 7, tx);
         let ffi = services.to_ffi();
         assert_eq!(services.reported_readiness(), None);
+        // A plugin reporting in a tight loop fills no queue.
+        for i in 0..10_000 {
+            ffi.set_ready(i % 2 == 0);
+        }
         ffi.set_ready(false);
-        assert_eq!(services.reported_readiness(), Some(false));
         ffi.report_failure(RStr::from_str("disk full"));
-        let first = rx.try_recv().unwrap();
+        ffi.report_failure(RStr::from_str("and more"));
+        assert_eq!(services.reported_readiness(), Some(false));
+        let wake = rx.try_recv().expect("a wake-up");
+        assert!(rx.try_recv().is_err(), "only one wake-up is queued");
         assert_eq!(
-            (&*first.container, first.instance, first.notice),
-            ("web", 7, Notice::Ready(false))
+            wake.take(),
+            [Notice::Ready(false), Notice::Failed("disk full".into())]
         );
+        // Taken: the next report wakes the supervisor again.
+        ffi.set_ready(true);
         assert_eq!(
-            rx.try_recv().unwrap().notice,
-            Notice::Failed("disk full".into())
+            rx.try_recv().expect("a new wake-up").take(),
+            [Notice::Ready(true)]
         );
     }
 }

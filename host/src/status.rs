@@ -8,7 +8,6 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::model::{ContainerStatus, NotUnloaded, PluginStatus, Snapshot};
 
-
 /// Shared, cheaply cloned handle to the status board, the event log and the metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Board {
@@ -58,7 +57,11 @@ impl Board {
     /// (so the list keeps the supervisor's registration order).
     pub fn put_container(&self, status: &ContainerStatus) {
         let mut snapshot = self.write();
-        match snapshot.containers.iter_mut().find(|c| c.name == status.name) {
+        match snapshot
+            .containers
+            .iter_mut()
+            .find(|c| c.name == status.name)
+        {
             Some(shown) => shown.clone_from(status),
             None => snapshot.containers.push(status.clone()),
         }
@@ -66,14 +69,6 @@ impl Board {
 
     pub fn remove_container(&self, name: &str) {
         self.write().containers.retain(|c| c.name != name);
-    }
-
-    pub fn container(&self, name: &str) -> Option<ContainerStatus> {
-        self.read()
-            .containers
-            .iter()
-            .find(|c| c.name == name)
-            .cloned()
     }
 
     /// Shows `status` for its file, keeping the list sorted by file name.

@@ -48,11 +48,11 @@ pub(crate) fn wait_ready(host: &Host, name: &str) -> Value {
 }
 
 /// `GET /v1/containers/{name}`: the one-container view, with `history`.
-fn detail(host: &Host, name: &str) -> Value {
+pub(crate) fn detail(host: &Host, name: &str) -> Value {
     host.get_json(&format!("/v1/containers/{name}"))
 }
 
-fn history_len(c: &Value) -> usize {
+pub(crate) fn history_len(c: &Value) -> usize {
     c["history"]
         .as_array()
         .unwrap_or_else(|| panic!("no history: {c}"))
@@ -65,7 +65,7 @@ fn starts_with_timestamp(line: &str) -> bool {
     b.len() > 11 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' && b[10] == b'T'
 }
 
-fn error_of(body: &Value) -> &str {
+pub(crate) fn error_of(body: &Value) -> &str {
     body["error"].as_str().unwrap_or_default()
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn names_file(line: &str, file: &str) -> bool {
 }
 
 /// `library loaded` lines of `file` among `lines`.
-fn loaded_lines(lines: &[String], file: &str) -> Vec<String> {
+pub(crate) fn loaded_lines(lines: &[String], file: &str) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l.contains("library loaded") && names_file(l, file))

@@ -14,6 +14,7 @@ mod fixtures;
 mod hotplug;
 mod metrics;
 mod observe;
+mod regressions;
 mod run;
 mod sdnotify;
 mod soak;

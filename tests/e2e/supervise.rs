@@ -17,7 +17,7 @@ use crate::{chaos_entry, echo_entry, is_rfc3339, terminate};
 
 /// A `[containers.NAME]` entry for a chaos instance with the host's default restart policy
 /// (`on-failure`), the given chaos config and extra keys (whole lines, e.g. `requires`).
-fn chaos(name: &str, config: &str, extra: &str) -> String {
+pub(crate) fn chaos(name: &str, config: &str, extra: &str) -> String {
     format!("[containers.{name}]\nplugin = \"chaos\"\nconfig = {{ {config} }}\n{extra}")
 }
 
@@ -29,7 +29,7 @@ fn host_with(config: &str) -> (PluginDir, Host) {
 }
 
 /// Starts a host with the given libraries and config.
-fn host_with_libs(libs: &[Lib], config: &str) -> (PluginDir, Host) {
+pub(crate) fn host_with_libs(libs: &[Lib], config: &str) -> (PluginDir, Host) {
     let mut dir = PluginDir::with(libs);
     dir.write_config(config);
     let host = Host::start(&dir);
@@ -107,11 +107,11 @@ fn wait_lines(host: &Host, message: &str, name: &str, n: usize) -> Vec<String> {
     )
 }
 
-fn last_error(c: &Value) -> &str {
+pub(crate) fn last_error(c: &Value) -> &str {
     c["last_error"].as_str().unwrap_or_default()
 }
 
-fn restarts(c: &Value) -> u64 {
+pub(crate) fn restarts(c: &Value) -> u64 {
     c["restarts"]
         .as_u64()
         .unwrap_or_else(|| panic!("`restarts` is not a count: {c}"))

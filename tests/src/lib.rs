@@ -901,6 +901,24 @@ impl Host {
         }
     }
 
+    /// Polls `f` every 50 ms until it returns `Ok`, for at most `timeout`, and returns its
+    /// last result: unlike [`Host::wait_until`], the caller asserts on what was last seen
+    /// (say the host's maps and its report) rather than on the logs.
+    pub fn poll<T, E>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&Host) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let result = f(self);
+            if result.is_ok() || Instant::now() > deadline {
+                return result;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

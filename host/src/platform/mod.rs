@@ -117,7 +117,6 @@ pub trait Calls: Send + Sync + 'static {
     type Library: Generation;
 
     fn library(&self) -> &Arc<Self::Library>;
-    fn is_stuck(&self) -> bool;
     fn construct(
         &self,
         name: &str,

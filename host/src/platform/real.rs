@@ -65,9 +65,6 @@ impl Calls for Worker {
     fn library(&self) -> &Arc<Library> {
         Worker::library(self)
     }
-    fn is_stuck(&self) -> bool {
-        Worker::is_stuck(self)
-    }
     async fn construct(
         &self,
         name: &str,

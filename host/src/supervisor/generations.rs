@@ -8,7 +8,7 @@
 //! module holds is unloaded, and one that cannot be is listed in `not_unloaded`, so the
 //! API and the process's memory agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -77,7 +77,7 @@ impl Judged {
 pub struct Generations<L> {
     files: BTreeMap<PathBuf, FileRecord<L>>,
     /// Which file provides each plugin name.
-    providers: HashMap<String, PathBuf>,
+    providers: BTreeMap<String, PathBuf>,
     retired: Vec<Arc<L>>,
     not_unloaded: Vec<NotUnloaded>,
     board: Board,
@@ -87,7 +87,7 @@ impl<L: Generation> Generations<L> {
     pub fn new(board: Board) -> Self {
         Self {
             files: BTreeMap::new(),
-            providers: HashMap::new(),
+            providers: BTreeMap::new(),
             retired: Vec::new(),
             not_unloaded: Vec::new(),
             board,
@@ -187,6 +187,29 @@ impl<L: Generation> Generations<L> {
         Ok(())
     }
 
+    /// Puts a generation loaded again from the content in service in service: the file's
+    /// judgement (a refused newer content, the kept bytes) stays as it is.
+    pub fn serve_again(&mut self, path: &Path, library: Arc<L>) {
+        let record = self.record_mut(path);
+        if let Some(old) = record.current.replace(library.clone()) {
+            self.retired.push(old);
+        }
+        self.show(path, |s| {
+            let fresh = loaded_status(s.file.clone(), &*library);
+            s.status = if s.error_kind.is_some() {
+                FileState::Error
+            } else {
+                FileState::Loaded
+            };
+            s.generation = fresh.generation;
+            s.loaded_at = fresh.loaded_at;
+            s.sha256 = fresh.sha256;
+            s.version = fresh.version;
+            s.interface_version = fresh.interface_version;
+            s.name = fresh.name;
+        });
+    }
+
     /// Puts the generation that served the file before back in service (a rollback):
     /// `library` must be that generation, still in memory.
     pub fn reinstate(&mut self, path: &Path, library: &Arc<L>) {
@@ -195,7 +218,10 @@ impl<L: Generation> Generations<L> {
             self.retired.push(new);
         }
         self.retired.retain(|r| !Arc::ptr_eq(r, library));
-        self.record_mut(path).admitted = Some(library.sha256().to_owned());
+        let record = self.record_mut(path);
+        record.admitted = Some(library.sha256().to_owned());
+        // The new content is judged again (refused) by the caller.
+        record.seen = None;
     }
 
     /// The file no longer provides a plugin (it is gone or holds another one): forget the
@@ -233,6 +259,8 @@ impl<L: Generation> Generations<L> {
             return;
         }
         record.seen = Some(judged.key().to_owned());
+        // Only a duplicate refusal (which sets it again) waits for another file to go.
+        record.duplicate_of = None;
         let serving = record.current.as_ref().map(|l| l.generation());
         let kept = record.admitted.is_some() && record.plugin.is_some();
         error!(file, kind = problem.as_str(), error = %message, "plugin file refused");
@@ -310,7 +338,11 @@ impl<L: Generation> Generations<L> {
         let paths: Vec<PathBuf> = self
             .files
             .iter()
-            .filter(|(_, f)| f.current.as_ref().is_some_and(|l| Arc::strong_count(l) == 1))
+            .filter(|(_, f)| {
+                f.current
+                    .as_ref()
+                    .is_some_and(|l| Arc::strong_count(l) == 1)
+            })
             .map(|(p, _)| p.clone())
             .collect();
         for path in paths {
@@ -364,7 +396,14 @@ impl<L: Generation> Generations<L> {
         if report.still_mapped {
             let reason =
                 "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";
-            warn!(file, generation, copy, mapped = true, reason, "library still mapped");
+            warn!(
+                file,
+                generation,
+                copy,
+                mapped = true,
+                reason,
+                "library still mapped"
+            );
             self.not_unloaded.push(NotUnloaded {
                 file,
                 plugin,

@@ -98,10 +98,12 @@ pub(super) enum Command {
     Shutdown {
         reply: Reply<ShutdownReport>,
     },
-    /// The simulation's look at the supervisor's own state.
+    /// The simulation's look at the supervisor's own state. The supervisor then waits
+    /// for `resume`, so the world holds still while the invariants are checked.
     #[cfg(test)]
     Inspect {
         reply: Reply<super::sim::Inspection>,
+        resume: oneshot::Receiver<()>,
     },
 }
 
@@ -157,19 +159,12 @@ pub struct SupervisorHandle {
 }
 
 impl SupervisorHandle {
-    async fn request<T>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, ControlError> {
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ControlError> {
         if let Some(refused) = self.shared.refusal() {
             return Err(refused);
         }
         let (reply, response) = oneshot::channel();
-        let gone = || {
-            self.shared
-                .refusal()
-                .unwrap_or(ControlError::ShuttingDown)
-        };
+        let gone = || self.shared.refusal().unwrap_or(ControlError::ShuttingDown);
         self.commands.send(make(reply)).await.map_err(|_| gone())?;
         response.await.map_err(|_| gone())
     }
@@ -208,10 +203,17 @@ impl SupervisorHandle {
         response.await.ok()
     }
 
+    /// The supervisor's state; it holds still until the returned sender is used or
+    /// dropped.
     #[cfg(test)]
-    pub(super) async fn inspect(&self) -> Option<super::sim::Inspection> {
+    pub(super) async fn inspect(&self) -> Option<(super::sim::Inspection, oneshot::Sender<()>)> {
         let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Inspect { reply }).await.ok()?;
-        response.await.ok()
+        let (resume, resumed) = oneshot::channel();
+        let command = Command::Inspect {
+            reply,
+            resume: resumed,
+        };
+        self.commands.send(command).await.ok()?;
+        Some((response.await.ok()?, resume))
     }
 }

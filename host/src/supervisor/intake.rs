@@ -149,7 +149,13 @@ impl<P: Platform> Supervisor<P> {
 
     /// Records that the folder's content of `path` cannot be used. If a generation of it
     /// serves containers, its content is kept so restarts use it, not the refused one.
-    pub(super) fn refuse(&mut self, path: &Path, problem: Problem, message: String, judged: Judged) {
+    pub(super) fn refuse(
+        &mut self,
+        path: &Path,
+        problem: Problem,
+        message: String,
+        judged: Judged,
+    ) {
         self.keep_content_in_service(path);
         self.files.refuse(path, problem, message, judged);
     }
@@ -172,7 +178,9 @@ impl<P: Platform> Supervisor<P> {
                     stamp,
                 });
             }
-            Err(e) => warn!(file = %file_name(path), error = %e, "cannot keep the content in service; a restart will load the folder's file"),
+            Err(e) => {
+                warn!(file = %file_name(path), error = %e, "cannot keep the content in service; a restart will load the folder's file")
+            }
         }
     }
 

@@ -167,10 +167,7 @@ impl<P: Platform> Supervisor<P> {
                 self.fail(name, message.clone());
                 let file = instance.worker.library().file().to_owned();
                 self.files.show(&file, |p| {
-                    p.error = Some(format!(
-                        "{}: container `{name}`: {message}",
-                        file.display()
-                    ));
+                    p.error = Some(format!("{}: container `{name}`: {message}", file.display()));
                     p.error_kind = Some(kind.to_owned());
                 });
                 let _ = self.teardown(name, instance, false).await;
@@ -208,8 +205,15 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
-    fn spawn_probes(&self, name: &str, instance: &Instance<P::Worker>) -> tokio::task::JoinHandle<()> {
-        let spec = self.containers.get(name).map(|c| (c.spec.liveness, c.spec.readiness));
+    fn spawn_probes(
+        &self,
+        name: &str,
+        instance: &Instance<P::Worker>,
+    ) -> tokio::task::JoinHandle<()> {
+        let spec = self
+            .containers
+            .get(name)
+            .map(|c| (c.spec.liveness, c.spec.readiness));
         let (liveness, readiness) = spec.unwrap_or((None, None));
         let probes = self.inbox.probe_sender.clone();
         let (name, id) = (name.to_owned(), instance.id);
@@ -248,10 +252,18 @@ impl<P: Platform> Supervisor<P> {
             None => match self.platform.look(&path, &self.look_rules()) {
                 crate::platform::Observation::Content(content) => content,
                 crate::platform::Observation::Unusable { message, .. } => return Err(message),
-                _ => return Err(format!("{}: changed or gone; looking again", path.display())),
+                _ => {
+                    return Err(format!(
+                        "{}: changed or gone; looking again",
+                        path.display()
+                    ));
+                }
             },
         };
-        let library = self.load_timed(&path, &content).await.map_err(|e| e.to_string())?;
+        let library = self
+            .load_timed(&path, &content)
+            .await
+            .map_err(|e| e.to_string())?;
         if library.info().name != plugin {
             let other = library.info().name.clone();
             self.files.discard(&mut self.platform, library);
@@ -261,11 +273,15 @@ impl<P: Platform> Supervisor<P> {
                 path.display()
             ));
         }
-        let fallback = self.files.record(&path).and_then(|r| r.fallback.clone());
+        let in_service = self.files.record(&path).and_then(|r| r.admitted.clone());
+        if in_service.as_deref() == Some(content.hash.as_str()) {
+            self.files.serve_again(&path, library.clone());
+            self.log_loaded(&*library);
+            return Ok(library);
+        }
+        // New content nobody has looked at yet (the file changed since): adopt it.
         match self.files.install(&path, library.clone(), &content) {
             Ok(()) => {
-                // Still serving from the kept content: the folder's is still refused.
-                self.files.record_mut(&path).fallback = fallback;
                 self.log_loaded(&*library);
                 Ok(library)
             }
@@ -283,12 +299,21 @@ impl<P: Platform> Supervisor<P> {
     /// Stops `name` if it is live, within its stop timeout.
     pub(super) async fn stop_container(&mut self, name: &str) -> Result<(), String> {
         let timeout = self.containers.get(name).map(|c| c.spec.stop_timeout);
-        self.stop_within(name, timeout.unwrap_or(Duration::from_secs(10))).await
+        self.stop_within(name, timeout.unwrap_or(Duration::from_secs(10)))
+            .await
     }
 
     /// Stops `name` if it is live: stop, drop, join. A failure leaves it `failed`.
-    pub(super) async fn stop_within(&mut self, name: &str, timeout: Duration) -> Result<(), String> {
-        let Some(instance) = self.containers.get_mut(name).and_then(|c| c.instance.take()) else {
+    pub(super) async fn stop_within(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let Some(instance) = self
+            .containers
+            .get_mut(name)
+            .and_then(|c| c.instance.take())
+        else {
             return Ok(());
         };
         let generation = instance.generation;
@@ -317,7 +342,12 @@ impl<P: Platform> Supervisor<P> {
         let generation = instance.generation;
         let timeout = self.containers.get(name).map(|c| c.spec.stop_timeout);
         let result = self
-            .teardown_within(name, instance, call_stop, timeout.unwrap_or(Duration::from_secs(10)))
+            .teardown_within(
+                name,
+                instance,
+                call_stop,
+                timeout.unwrap_or(Duration::from_secs(10)),
+            )
             .await;
         if let Err(message) = &result {
             warn!(container = %name, generation, error = %message, "cleaning up after a failure");
@@ -376,7 +406,10 @@ impl<P: Platform> Supervisor<P> {
     }
 
     pub(super) fn fail(&mut self, name: &str, error: String) {
-        let generation = self.containers.get(name).and_then(|c| c.status().generation);
+        let generation = self
+            .containers
+            .get(name)
+            .and_then(|c| c.status().generation);
         error!(container = %name, generation, error = %error, "container failed");
         self.containers.set_state(name, State::Failed, Some(error));
     }

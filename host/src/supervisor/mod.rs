@@ -205,22 +205,24 @@ impl<P: Platform> Supervisor<P> {
         self.files.sweep(&mut self.platform);
         let due = self.pending.next_due();
         let retry = self.containers.next_retry();
+        // Biased: one fixed order, so a simulated sequence replays exactly.
         let flow = tokio::select! {
+            biased;
             command = self.inbox.commands.recv() => match command {
                 Some(command) => self.on_command(command).await,
                 // Every handle is gone: nobody can ask any more.
                 None => Flow::Shutdown(None),
             },
-            Some(event) = self.inbox.folder.recv() => {
-                self.on_folder_event(event);
-                Flow::Continue
-            }
             Some(probe) = self.inbox.probes.recv() => {
                 self.on_probe(&probe.name, probe.instance, probe.report).await;
                 Flow::Continue
             }
             Some(notice) = self.inbox.notices.recv() => {
                 self.on_notice(notice).await;
+                Flow::Continue
+            }
+            Some(event) = self.inbox.folder.recv() => {
+                self.on_folder_event(event);
                 Flow::Continue
             }
             _ = sleep_until(due), if due.is_some() => {
@@ -258,8 +260,9 @@ impl<P: Platform> Supervisor<P> {
             }
             Command::Shutdown { reply } => return Flow::Shutdown(Some(reply)),
             #[cfg(test)]
-            Command::Inspect { reply } => {
+            Command::Inspect { reply, resume } => {
                 let _ = reply.send(self.inspect());
+                let _ = resume.await;
             }
         }
         Flow::Continue

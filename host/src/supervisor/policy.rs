@@ -62,7 +62,8 @@ impl<P: Platform> Supervisor<P> {
         let status = container.status();
         if status.state != State::Waiting || status.last_error.as_deref() != Some(&reason) {
             info!(container = %name, reason = %reason, "container waiting");
-            self.containers.set_state(name, State::Waiting, Some(reason));
+            self.containers
+                .set_state(name, State::Waiting, Some(reason));
         }
     }
 
@@ -222,43 +223,51 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
-    /// What a container reported of its own accord.
-    pub(super) async fn on_notice(&mut self, notice: NoticeFrom) {
-        let name = notice.container.to_string();
-        let Some(container) = self.containers.get(&name) else {
-            return;
-        };
-        if container.instance.as_ref().map(|i| i.id) != Some(notice.instance) {
-            return; // From an instance that is gone, or one still starting.
-        }
-        match notice.notice {
-            Notice::Ready(ready) => self.set_ready(&name, ready),
-            Notice::Failed(reason) => {
-                self.fail_live(&name, format!("reported failure: {reason}"))
-                    .await;
+    /// What a container reported of its own accord since the last wake-up.
+    pub(super) async fn on_notice(&mut self, wake: NoticeFrom) {
+        let name = wake.container.to_string();
+        for notice in wake.take() {
+            let current = self
+                .containers
+                .get(&name)
+                .and_then(|c| c.instance.as_ref())
+                .map(|i| i.id);
+            if current != Some(wake.instance) {
+                return; // From an instance that is gone, or one still starting.
             }
-            Notice::Finished(message) => {
-                info!(container = %name, message = %message, "container finished its work");
-                let _ = self.stop_container(&name).await;
-                let stopped = self
-                    .containers
-                    .get(&name)
-                    .is_some_and(|c| c.state() == State::Stopped);
-                if stopped {
-                    let reason = format!("finished: {message}");
-                    self.containers.show(&name, |s| s.last_error = Some(reason));
-                    self.after_failure(&name, Exit::Finished).await;
-                } else {
-                    self.after_failure(&name, Exit::Failed).await;
+            match notice {
+                Notice::Ready(ready) => self.set_ready(&name, ready),
+                Notice::Failed(reason) => {
+                    self.fail_live(&name, format!("reported failure: {reason}"))
+                        .await;
                 }
+                Notice::Finished(message) => self.finished(&name, message).await,
             }
         }
+    }
+
+    /// The container said it finished its work: stop it; restart it only under `always`.
+    async fn finished(&mut self, name: &str, message: String) {
+        info!(container = %name, message = %message, "container finished its work");
+        self.stop_dependents(name, "finished").await;
+        let exit = match self.stop_container(name).await {
+            Ok(()) => {
+                let reason = format!("finished: {message}");
+                self.containers.show(name, |s| s.last_error = Some(reason));
+                Exit::Finished
+            }
+            Err(_) => Exit::Failed,
+        };
+        self.after_failure(name, exit).await;
     }
 
     /// A live container failed: it is torn down and its policy applies.
     async fn fail_live(&mut self, name: &str, reason: String) {
         self.fail(name, reason);
-        let instance = self.containers.get_mut(name).and_then(|c| c.instance.take());
+        let instance = self
+            .containers
+            .get_mut(name)
+            .and_then(|c| c.instance.take());
         if let Some(instance) = instance {
             let _ = self.teardown(name, instance, true).await;
         }
@@ -277,7 +286,9 @@ impl<P: Platform> Supervisor<P> {
         if ready {
             container.restarts.on_ready(now);
         } else {
-            container.restarts.on_not_ready(&container.spec.backoff, now);
+            container
+                .restarts
+                .on_not_ready(&container.spec.backoff, now);
         }
         let generation = container.status().generation;
         info!(container = %name, generation, ready, "readiness changed");

@@ -44,7 +44,10 @@ fn restart_only(old: &HostConfig, new: &HostConfig) -> Vec<String> {
         ("host.plugin_dir", old.plugin_dir != new.plugin_dir),
         ("host.copy_dir", old.copy_dir != new.copy_dir),
         ("host.strict_modes", old.strict_modes != new.strict_modes),
-        ("host.load_timeout_ms", old.load_timeout_ms != new.load_timeout_ms),
+        (
+            "host.load_timeout_ms",
+            old.load_timeout_ms != new.load_timeout_ms,
+        ),
         (
             "host.rescan_interval_ms",
             old.rescan_interval_ms != new.rescan_interval_ms,
@@ -138,7 +141,11 @@ impl<P: Platform> Supervisor<P> {
         match &result {
             // One log record, one line: a parse error's snippet lines are joined.
             Err(error) => {
-                let one_line = error.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                let one_line = error
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 warn!(error = %one_line, "config reload refused");
             }
             Ok(report) => info!(
@@ -174,7 +181,10 @@ impl<P: Platform> Supervisor<P> {
             .collect();
         let plan = diff(&self.settings.config, &new, &self.host, &registered);
         for key in &plan.report.needs_restart {
-            warn!(key, "changed in the config file; takes effect when balut restarts");
+            warn!(
+                key,
+                "changed in the config file; takes effect when balut restarts"
+            );
         }
         let refused = self.check_configs(&new, &plan.check).await;
         if !refused.is_empty() {
@@ -201,7 +211,9 @@ impl<P: Platform> Supervisor<P> {
     async fn check_configs(&mut self, new: &Config, names: &[String]) -> Vec<String> {
         let mut refused = Vec::new();
         for (name, config) in &new.containers {
-            if !names.iter().any(|n| n == name.as_str()) || self.files.provider(&config.plugin).is_none() {
+            if !names.iter().any(|n| n == name.as_str())
+                || self.files.provider(&config.plugin).is_none()
+            {
                 continue;
             }
             // A plugin not in memory is loaded for the check (and unloaded after it).

@@ -265,12 +265,17 @@ impl<W> Containers<W> {
     pub fn start_order(&self) -> Vec<String> {
         let mut placed: Vec<&str> = Vec::with_capacity(self.map.len());
         while placed.len() < self.map.len() {
-            let unplaced = || self.map.values().filter(|c| !placed.contains(&c.name.as_str()));
+            let unplaced = || {
+                self.map
+                    .values()
+                    .filter(|c| !placed.contains(&c.name.as_str()))
+            };
             let next = unplaced()
                 .find(|c| {
-                    c.spec.requires.iter().all(|r| {
-                        !self.map.contains_key(r.as_str()) || placed.contains(&r.as_str())
-                    })
+                    c.spec
+                        .requires
+                        .iter()
+                        .all(|r| !self.map.contains_key(r.as_str()) || placed.contains(&r.as_str()))
                 })
                 // Config validation rules out cycles; place the rest in order if one slips in.
                 .or_else(|| unplaced().next());

@@ -56,14 +56,18 @@ impl<P: Platform> Supervisor<P> {
             "not stopped: the shutdown budget ({} ms, host.shutdown_timeout_ms) was used up before its turn",
             budget.as_millis()
         );
-        let instance = self.containers.get_mut(name).and_then(|c| c.instance.take());
+        let instance = self
+            .containers
+            .get_mut(name)
+            .and_then(|c| c.instance.take());
         if let Some(mut instance) = instance {
             if let Some(task) = instance.probe_task.take() {
                 task.abort();
             }
             instance.services.request_stop();
             let library = instance.worker.library().clone();
-            self.files.pin(&*library, format!("container `{name}`: {reason}"));
+            self.files
+                .pin(&*library, format!("container `{name}`: {reason}"));
         }
         self.fail(name, reason.clone());
         reason

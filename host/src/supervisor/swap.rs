@@ -12,10 +12,10 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::Phase;
 use super::Supervisor;
 use super::generations::{Judged, file_name};
 use super::set::Hold;
-use super::Phase;
 use crate::events::EventKind;
 use crate::loader::LoadError;
 use crate::model::{FileState, State};
@@ -61,7 +61,12 @@ impl<P: Platform> Supervisor<P> {
 
     /// Makes a loaded generation the file's, or refuses it as a duplicate. Returns the
     /// plugin's containers, registered.
-    fn adopt(&mut self, path: &Path, library: Arc<P::Library>, content: &Content) -> Option<Vec<String>> {
+    fn adopt(
+        &mut self,
+        path: &Path,
+        library: Arc<P::Library>,
+        content: &Content,
+    ) -> Option<Vec<String>> {
         let plugin = library.info().name.clone();
         if let Err(duplicate) = self.files.install(path, library.clone(), content) {
             let message = format!(
@@ -70,7 +75,8 @@ impl<P: Platform> Supervisor<P> {
                 duplicate.other.display()
             );
             let judged = Judged::Content(content.hash.clone());
-            self.files.refuse(path, Problem::DuplicatePlugin, message, judged);
+            self.files
+                .refuse(path, Problem::DuplicatePlugin, message, judged);
             let record = self.files.record_mut(path);
             record.duplicate_of = Some(plugin.clone());
             self.files.show(path, |p| p.name = Some(plugin));
@@ -96,11 +102,20 @@ impl<P: Platform> Supervisor<P> {
             Ok(library) => library,
             Err(again) => return again,
         };
+        let before = self.files.record(path).and_then(|r| r.plugin.clone());
+        if before.is_some_and(|p| p != library.info().name) {
+            // The file now holds another plugin: the one it provided goes first.
+            self.remove_plugin_of(path).await;
+        }
         let names = self.adopt(path, library, &content)?;
         if self.phase == Phase::Running {
             let due = names
                 .into_iter()
-                .filter(|n| self.containers.get(n).is_some_and(|c| c.wanted && !c.is_live()))
+                .filter(|n| {
+                    self.containers
+                        .get(n)
+                        .is_some_and(|c| c.wanted && !c.is_live())
+                })
                 .collect();
             self.start_many(due).await;
         }
@@ -124,11 +139,20 @@ impl<P: Platform> Supervisor<P> {
         None
     }
 
-    async fn add_loaded(&mut self, path: &Path, library: Arc<P::Library>, content: Content) -> Option<Instant> {
+    async fn add_loaded(
+        &mut self,
+        path: &Path,
+        library: Arc<P::Library>,
+        content: Content,
+    ) -> Option<Instant> {
         let names = self.adopt(path, library, &content)?;
         let due = names
             .into_iter()
-            .filter(|n| self.containers.get(n).is_some_and(|c| c.wanted && !c.is_live()))
+            .filter(|n| {
+                self.containers
+                    .get(n)
+                    .is_some_and(|c| c.wanted && !c.is_live())
+            })
             .collect();
         self.start_many(due).await;
         None
@@ -151,10 +175,14 @@ impl<P: Platform> Supervisor<P> {
         // A swap that fails does not count against the containers' restart budget.
         let budgets: Vec<_> = live
             .iter()
-            .filter_map(|n| self.containers.get(n).map(|c| (n.clone(), c.restarts.clone())))
+            .filter_map(|n| {
+                self.containers
+                    .get(n)
+                    .map(|c| (n.clone(), c.restarts.clone()))
+            })
             .collect();
         self.log_loaded(&*new);
-        self.stop_named(&live).await;
+        self.stop_named(&live, "is being reloaded").await;
         if let Err(duplicate) = self.files.install(path, new.clone(), &content) {
             // Cannot happen: the file already provides this plugin. Keep the old one.
             warn!(file, other = %duplicate.other.display(), "swap refused as a duplicate");
@@ -211,9 +239,11 @@ impl<P: Platform> Supervisor<P> {
         let started = self
             .containers
             .names_where(|c| c.plugin == plugin && c.is_live());
-        self.stop_named(&started).await;
+        self.stop_named(&started, "is being rolled back").await;
         self.files.reinstate(path, &old);
-        self.files.show(path, |s| *s = super::generations::loaded_status(s.file.clone(), &*old));
+        self.files.show(path, |s| {
+            *s = super::generations::loaded_status(s.file.clone(), &*old)
+        });
         for (name, restarts) in budgets {
             let count = restarts.count;
             if let Some(container) = self.containers.get_mut(&name) {
@@ -225,12 +255,19 @@ impl<P: Platform> Supervisor<P> {
             self.start_now(name).await;
         }
         let message = format!("{}: {reason}", path.display());
-        self.refuse(path, Problem::RolledBack, message, Judged::Content(content.hash));
+        self.refuse(
+            path,
+            Problem::RolledBack,
+            message,
+            Judged::Content(content.hash),
+        );
     }
 
-    /// Stops the named containers in reverse dependency order.
-    pub(super) async fn stop_named(&mut self, names: &[String]) {
+    /// Stops the named containers in reverse dependency order, each after the containers
+    /// that require it (which wait for it to be ready again).
+    pub(super) async fn stop_named(&mut self, names: &[String], why: &str) {
         for name in self.containers.stop_order(names) {
+            self.stop_dependents(&name, why).await;
             // A failed stop is reported in the container's status.
             let _ = self.stop_container(&name).await;
         }
@@ -258,12 +295,16 @@ impl<P: Platform> Supervisor<P> {
             return;
         };
         let names = self.containers.names_where(|c| c.plugin == plugin);
-        self.stop_named(&names).await;
+        self.stop_named(&names, "was removed").await;
         for name in &names {
             let configured = self.containers.get(name).is_some_and(|c| c.spec.configured);
             if configured {
+                if let Some(container) = self.containers.get_mut(name) {
+                    container.hold = Hold::Free;
+                }
                 let reason = format!("plugin file {file} was removed");
-                self.containers.set_state(name, State::Stopped, Some(reason));
+                self.containers
+                    .set_state(name, State::Stopped, Some(reason));
             } else {
                 self.containers.deregister(name);
             }

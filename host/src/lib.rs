@@ -363,3 +363,18 @@ fn force_exit(private_dir: &std::path::Path) -> ! {
     let _ = std::fs::remove_dir_all(private_dir);
     std::process::exit(EXIT_FORCED)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::ShutdownReport;
+
+    #[test]
+    fn a_supervisor_that_panicked_never_ends_the_host_cleanly() {
+        let clean = Ok(Outcome::Stopped(ShutdownReport::default()));
+        assert_eq!(Ending::of(clean), Ending::Clean);
+        let panicked = Ok(Outcome::Panicked("index out of bounds".into()));
+        assert_eq!(Ending::of(panicked), Ending::SupervisorFailed);
+        assert_eq!(EXIT_SOFTWARE, 70);
+    }
+}

@@ -357,6 +357,39 @@ mod tests {
         );
     }
 
+    /// The supervisor busy for a minute with a full queue: the probe waits, and the dead
+    /// verdict still arrives (it was once dropped by a `try_send`, and the probe task ended,
+    /// leaving the container with no liveness checks).
+    #[tokio::test(start_paused = true)]
+    async fn a_verdict_waits_for_a_busy_supervisor_and_is_never_dropped() {
+        let spec = ProbeSpec {
+            period: Duration::from_millis(100),
+            timeout: Duration::from_millis(50),
+            failure_threshold: 2,
+            grace: Duration::ZERO,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let probe = run(fake(0), Some(spec), None, move |report| {
+            let tx = tx.clone();
+            async move { tx.send(report).await.is_ok() }
+        });
+        let busy_supervisor = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let mut verdicts = Vec::new();
+            while let Some(report) = rx.recv().await {
+                verdicts.push(report.verdict);
+            }
+            verdicts
+        };
+        // The probe ends by itself after its dead verdict, which closes the channel.
+        let ((), verdicts) = tokio::join!(probe, busy_supervisor);
+        assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+        assert!(
+            matches!(&verdicts[1], Verdict::Dead(m) if m.contains("2 times")),
+            "{verdicts:?}"
+        );
+    }
+
     #[test]
     fn config_overrides_defaults() {
         let config = ProbeConfig {

@@ -122,11 +122,6 @@ impl HostServices {
         readiness_of(&self.readiness)
     }
 
-    /// Whether the host asked this container to stop.
-    pub fn is_stop_requested(&self) -> bool {
-        self.stop_requested.load(Ordering::SeqCst)
-    }
-
     /// The container reports itself ready or not ready.
     pub fn report_ready(&self, ready: bool) {
         let value = if ready {

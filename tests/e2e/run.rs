@@ -141,16 +141,21 @@ fn sigint_stops_cleanly_and_unconfigured_plugins_get_default_instances() {
     let mut host = Host::start(&dir);
     host.wait_state("chaos", "running", STATE_TIMEOUT);
     host.wait_state("web", "running", STATE_TIMEOUT);
-    // Its default restart policy (on-failure) retries it after a backoff; it stays down.
-    let ticker = host.wait_until("ticker to be in backoff", STATE_TIMEOUT, |h| {
+    // Its plugin refuses the empty config: failed for good (no retry can succeed), with
+    // the key path of the complaint.
+    let ticker = host.wait_until("ticker to fail", STATE_TIMEOUT, |h| {
         h.find_container("ticker")
-            .filter(|c| c["state"] == "backoff")
+            .filter(|c| c["state"] == "failed")
     });
     assert_eq!(ticker["plugin"], "ticker", "{ticker}");
+    assert_eq!(
+        ticker["restarts"], 0,
+        "a refused config is not retried: {ticker}"
+    );
     let error = ticker["last_error"].as_str().unwrap_or_default();
     assert!(
-        error.contains("path"),
-        "the constructor's complaint about `path` should show: {ticker}"
+        error.starts_with("containers.ticker.config") && error.contains("`path`"),
+        "the plugin's complaint about `path` should show with its key: {ticker}"
     );
     let names: Vec<String> = host
         .containers()

@@ -3,8 +3,6 @@
 
 use crate::platform::{Content, Observation, Problem};
 
-use super::generations::FileRecord;
-
 /// What to do about one name in the folder.
 #[derive(Debug)]
 pub enum Admission {
@@ -30,8 +28,20 @@ pub enum Admission {
     Replace(Content),
 }
 
-/// Decides what `observation` of a file means, given its `record` (if the host knows it).
-pub fn admit<L>(record: Option<&FileRecord<L>>, observation: Observation) -> Admission {
+/// What the host already made of a file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Known<'a> {
+    /// The last content (hash) or condition judged.
+    pub seen: Option<&'a str>,
+    /// The hash of the content in service.
+    pub admitted: Option<&'a str>,
+    /// Whether a generation of it is in memory.
+    pub in_memory: bool,
+}
+
+/// Decides what `observation` of a file means, given what is `known` of it (nothing, for
+/// a file the host has never seen).
+pub fn admit(known: Option<Known<'_>>, observation: Observation) -> Admission {
     let content = match observation {
         Observation::Gone => return Admission::Remove,
         Observation::Changing => return Admission::LookAgain,
@@ -48,17 +58,91 @@ pub fn admit<L>(record: Option<&FileRecord<L>>, observation: Observation) -> Adm
         }
         Observation::Content(content) => content,
     };
-    let Some(record) = record else {
+    let Some(known) = known else {
         return Admission::Add(content);
     };
     let hash = Some(content.hash.as_str());
-    if record.seen.as_deref() == hash {
+    if known.seen == hash {
         Admission::Unchanged(content)
-    } else if record.admitted.as_deref() == hash {
+    } else if known.admitted == hash {
         Admission::Restore(content)
-    } else if record.current.is_some() {
+    } else if known.in_memory {
         Admission::Replace(content)
     } else {
         Admission::Add(content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::platform::Stamp;
+
+    fn content(hash: &str) -> Observation {
+        Observation::Content(Content {
+            bytes: Arc::new(Vec::new()),
+            hash: hash.to_owned(),
+            stamp: Stamp {
+                len: 0,
+                modified: None,
+                inode: 1,
+            },
+        })
+    }
+
+    fn known<'a>(seen: &'a str, admitted: &'a str, in_memory: bool) -> Option<Known<'a>> {
+        Some(Known {
+            seen: Some(seen),
+            admitted: Some(admitted),
+            in_memory,
+        })
+    }
+
+    #[test]
+    fn a_look_means_what_the_host_already_has_says() {
+        assert!(matches!(admit(None, Observation::Gone), Admission::Remove));
+        assert!(matches!(
+            admit(None, Observation::Changing),
+            Admission::LookAgain
+        ));
+        assert!(matches!(admit(None, content("h1")), Admission::Add(_)));
+        // The same content again (a touch, a rescan): nothing.
+        assert!(matches!(
+            admit(known("h1", "h1", true), content("h1")),
+            Admission::Unchanged(_)
+        ));
+        // New content beside a generation in memory: a swap; with none in memory: a load.
+        assert!(matches!(
+            admit(known("h1", "h1", true), content("h2")),
+            Admission::Replace(_)
+        ));
+        assert!(matches!(
+            admit(known("h1", "h1", false), content("h2")),
+            Admission::Add(_)
+        ));
+        // Refused content (seen h2, h1 in service) replaced by the content in service.
+        assert!(matches!(
+            admit(known("h2", "h1", true), content("h1")),
+            Admission::Restore(_)
+        ));
+        // The refused content again: still refused, not loaded again.
+        assert!(matches!(
+            admit(known("h2", "h1", true), content("h2")),
+            Admission::Unchanged(_)
+        ));
+        let unusable = Observation::Unusable {
+            problem: Problem::TooLarge,
+            message: "big".into(),
+            key: "too_large:9".into(),
+        };
+        assert!(matches!(
+            admit(known("h1", "h1", true), unusable),
+            Admission::Unusable {
+                problem: Problem::TooLarge,
+                ..
+            }
+        ));
     }
 }

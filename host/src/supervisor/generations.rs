@@ -134,6 +134,7 @@ impl<L: Generation> Generations<L> {
     }
 
     /// Every generation in memory: the files' current ones and the retired ones.
+    #[cfg(test)]
     pub fn in_memory(&self) -> impl Iterator<Item = &Arc<L>> {
         self.files
             .values()
@@ -325,14 +326,6 @@ impl<L: Generation> Generations<L> {
         self.board.put_not_unloaded(&self.not_unloaded);
     }
 
-    /// Whether `library` was reported as impossible to unload.
-    pub fn is_pinned(&self, library: &L) -> bool {
-        let file = file_name(library.file());
-        self.not_unloaded
-            .iter()
-            .any(|n| n.file == file && n.generation == library.generation())
-    }
-
     /// Unloads every generation that only this module holds (no instance uses it).
     pub fn sweep<P: Platform<Library = L>>(&mut self, platform: &mut P) {
         let paths: Vec<PathBuf> = self
@@ -352,7 +345,12 @@ impl<L: Generation> Generations<L> {
             self.unload(platform, library);
             self.show(&path, |s| {
                 if s.status == FileState::Loaded {
-                    s.status = FileState::Unloaded;
+                    // A container's constructor error shown on the file keeps it `error`.
+                    s.status = if s.error_kind.is_some() {
+                        FileState::Error
+                    } else {
+                        FileState::Unloaded
+                    };
                 }
             });
         }

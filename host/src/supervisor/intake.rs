@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::admission::{Admission, admit};
+use super::admission::{Admission, Known, admit};
 use super::folder::QUIET;
 use super::generations::{Judged, file_name};
 use super::set::Spec;
@@ -112,7 +112,12 @@ impl<P: Platform> Supervisor<P> {
             return None;
         }
         let observation = self.platform.look(path, &self.look_rules());
-        let admission = admit(self.files.record(path), observation);
+        let known = self.files.record(path).map(|r| Known {
+            seen: r.seen.as_deref(),
+            admitted: r.admitted.as_deref(),
+            in_memory: r.current.is_some(),
+        });
+        let admission = admit(known, observation);
         match admission {
             Admission::Remove => {
                 self.remove(path).await;

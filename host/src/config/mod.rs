@@ -1,0 +1,342 @@
+//! The host's TOML config file: host settings and one table per container instance.
+//!
+//! ```toml
+//! [host]
+//! plugin_dir = "plugins"          # relative to the config file
+//! listen = "127.0.0.1:7070"
+//! start_timeout_ms = 30000
+//! stop_timeout_ms = 10000
+//! shutdown_timeout_ms = 30000
+//! health_interval_ms = 10000
+//! health_timeout_ms = 2000
+//! settle_ms = 1000
+//! rescan_interval_ms = 10000
+//! max_plugin_bytes = 536870912
+//! strict_modes = true
+//!
+//! [containers.web]
+//! plugin = "http-echo"
+//! config = { port = 8080 }
+//! stop_timeout_ms = 5000
+//! ```
+//!
+//! Unknown keys and bad values are errors that name the key and the line.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::restart::{Backoff, RestartPolicy};
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Invalid { file: PathBuf, message: String },
+}
+
+/// `host.max_plugin_bytes` by default: 512 MiB, far above any real plugin (a debug build
+/// of an example plugin is a few MiB), far below what would strain the host's memory.
+pub const DEFAULT_MAX_PLUGIN_BYTES: NonZeroU64 =
+    NonZeroU64::new(512 * 1024 * 1024).expect("512 MiB is not zero");
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub host: HostConfig,
+    /// Container instances by name, in file order.
+    #[serde(default)]
+    pub containers: IndexMap<ContainerName, ContainerConfig>,
+}
+
+/// The `[host]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// The plugin folder; a relative path is taken from the config file's folder.
+    pub plugin_dir: Option<PathBuf>,
+    /// Address of the HTTP API.
+    pub listen: Option<SocketAddr>,
+    /// Where private copies of loaded libraries go (default: the system temp folder).
+    pub copy_dir: Option<PathBuf>,
+    pub start_timeout_ms: Millis,
+    pub stop_timeout_ms: Millis,
+    pub shutdown_timeout_ms: Millis,
+    pub health_interval_ms: Millis,
+    pub health_timeout_ms: Millis,
+    pub load_timeout_ms: Millis,
+    /// How long a plugin file that is not yet a whole library must stay unchanged before
+    /// it is reported as broken (a writer may still be at it).
+    pub settle_ms: Millis,
+    /// Period of the safety rescan of the plugin folder (events can be lost).
+    pub rescan_interval_ms: Millis,
+    /// Plugin files larger than this are refused without being read.
+    pub max_plugin_bytes: NonZeroU64,
+    /// Refuse plugin folders and files other users can write (like sshd's StrictModes).
+    pub strict_modes: bool,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            plugin_dir: None,
+            listen: None,
+            copy_dir: None,
+            start_timeout_ms: Millis(30_000),
+            stop_timeout_ms: Millis(10_000),
+            shutdown_timeout_ms: Millis(30_000),
+            health_interval_ms: Millis(10_000),
+            health_timeout_ms: Millis(2_000),
+            load_timeout_ms: Millis(10_000),
+            settle_ms: Millis(1_000),
+            rescan_interval_ms: Millis(10_000),
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            strict_modes: true,
+        }
+    }
+}
+
+/// One `[containers.NAME]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The plugin's declared name (not its file name).
+    pub plugin: String,
+    /// Passed to the plugin's constructor, which deserializes it into its own type.
+    #[serde(default)]
+    pub config: toml::Table,
+    pub start_timeout_ms: Option<Millis>,
+    pub stop_timeout_ms: Option<Millis>,
+    /// Containers that must be ready before this one starts (and that it stops before).
+    /// When absent, the plugin's default (`requires:` in its export) applies.
+    pub requires: Option<Vec<ContainerName>>,
+    /// When to start it again after it ended.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Liveness probe: failing it restarts the container (policy permitting).
+    #[serde(default)]
+    pub liveness: ProbeConfig,
+    /// Readiness probe: failing it marks the container not ready and holds back its
+    /// dependents.
+    #[serde(default)]
+    pub readiness: ProbeConfig,
+}
+
+/// `[containers.NAME.backoff]`: restart timing. Defaults as in `restart.rs`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub initial_ms: Option<Millis>,
+    pub max_ms: Option<Millis>,
+    pub jitter: Option<Fraction>,
+    pub reset_after_ms: Option<Millis>,
+    pub max_restarts: Option<u32>,
+    pub window_ms: Option<Millis>,
+    pub quarantine_retry_ms: Option<Millis>,
+}
+
+impl BackoffConfig {
+    pub fn resolve(&self) -> Backoff {
+        let d = Backoff::default();
+        let ms = |v: Option<Millis>, default| v.map_or(default, Millis::duration);
+        Backoff {
+            initial: ms(self.initial_ms, d.initial),
+            max: ms(self.max_ms, d.max),
+            jitter: self.jitter.map_or(d.jitter, |f| f.0),
+            reset_after: ms(self.reset_after_ms, d.reset_after),
+            max_restarts: self.max_restarts.unwrap_or(d.max_restarts),
+            window: ms(self.window_ms, d.window),
+            quarantine_retry: ms(self.quarantine_retry_ms, d.quarantine_retry),
+        }
+    }
+}
+
+/// `[containers.NAME.liveness]` or `.readiness`: every key optional.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Turn the probe off.
+    pub disabled: bool,
+    pub period_ms: Option<Millis>,
+    pub timeout_ms: Option<Millis>,
+    /// Consecutive failures that count as failed.
+    pub failure_threshold: Option<u32>,
+    /// After a start, failures within this window do not count (liveness).
+    pub grace_ms: Option<u64>,
+}
+
+/// A number from 0 to 1.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Fraction(pub f64);
+
+impl TryFrom<f64> for Fraction {
+    type Error = String;
+    fn try_from(value: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(format!("{value} is not between 0 and 1"))
+        }
+    }
+}
+
+/// A duration in milliseconds; must be positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct Millis(u64);
+
+impl TryFrom<u64> for Millis {
+    type Error = String;
+    fn try_from(ms: u64) -> Result<Self, String> {
+        if ms == 0 {
+            Err("must be a positive number of milliseconds".into())
+        } else {
+            Ok(Self(ms))
+        }
+    }
+}
+
+impl Millis {
+    pub fn duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+/// A container name: 1 to 64 of `A-Z a-z 0-9 - _ .`, so it is safe in URLs, logs and
+/// file names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ContainerName(String);
+
+impl TryFrom<String> for ContainerName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(format!(
+                "invalid container name {name:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'"
+            ))
+        }
+    }
+}
+
+impl ContainerName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ContainerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            file: file.to_owned(),
+            message,
+        })?;
+        if let Some(dir) = &config.host.plugin_dir {
+            if dir.is_relative() {
+                let base = file.parent().unwrap_or(Path::new("."));
+                config.host.plugin_dir = Some(base.join(dir));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses config text; the error names the line, column and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        config.check_requires()?;
+        Ok(config)
+    }
+
+    /// Every `requires` names a declared container, and there is no cycle.
+    fn check_requires(&self) -> Result<(), String> {
+        for (name, container) in &self.containers {
+            for required in container.requires.iter().flatten() {
+                if !self.containers.contains_key(required) {
+                    return Err(format!(
+                        "containers.{name}.requires: `{required}` is not a container declared in this file"
+                    ));
+                }
+                if required == name {
+                    return Err(format!(
+                        "containers.{name}.requires: a container cannot require itself"
+                    ));
+                }
+            }
+        }
+        // Depth-first search for a cycle, reporting its path.
+        fn visit<'a>(
+            config: &'a Config,
+            name: &'a ContainerName,
+            path: &mut Vec<&'a ContainerName>,
+            done: &mut std::collections::HashSet<&'a ContainerName>,
+        ) -> Result<(), String> {
+            if let Some(at) = path.iter().position(|n| *n == name) {
+                let cycle: Vec<&str> = path[at..]
+                    .iter()
+                    .chain([&name])
+                    .map(|n| n.as_str())
+                    .collect();
+                return Err(format!("dependency cycle: {}", cycle.join(" -> ")));
+            }
+            if done.contains(name) {
+                return Ok(());
+            }
+            path.push(name);
+            for required in config.containers[name].requires.iter().flatten() {
+                visit(config, required, path, done)?;
+            }
+            path.pop();
+            done.insert(name);
+            Ok(())
+        }
+        let mut done = std::collections::HashSet::new();
+        for name in self.containers.keys() {
+            visit(self, name, &mut Vec::new(), &mut done)?;
+        }
+        Ok(())
+    }
+}
+
+impl ContainerConfig {
+    /// The plugin config as the JSON text the plugin's constructor receives.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

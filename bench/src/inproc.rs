@@ -73,7 +73,7 @@ impl Bench {
         self.next_instance += 1;
         let services = HostServices::new(
             name,
-            library.generation,
+            library.facts.generation,
             self.next_instance,
             self.notices.clone(),
         );
@@ -110,7 +110,7 @@ impl Running {
 /// Closes the library (the caller must hold the last reference) and checks it is gone from
 /// the process's memory map.
 pub fn unload(library: Arc<Library>) -> anyhow::Result<()> {
-    let copy = library.copy.clone();
+    let copy = library.facts.copy.clone();
     let report = library
         .unload()
         .map_err(|_| anyhow::anyhow!("{} is still held", copy.display()))?;

@@ -180,10 +180,10 @@ async fn by_hand(
         let library = bench.load(path, &bytes).await?;
         let start = Instant::now();
         ensure!(
-            library.info.name == *name,
+            library.facts.info.name == *name,
             "{} declares `{}`",
             path.display(),
-            library.info.name
+            library.facts.info.name
         );
         let container = bench.start(name, &library).await?;
         steps.read += load - read;

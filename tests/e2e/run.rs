@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, has_field, http_get};
+use serde_json::Value;
 
 use crate::{chaos_entry, echo_entry, is_rfc3339, tick_lines, ticker_entry};
 
@@ -167,8 +168,9 @@ fn sigint_stops_cleanly_and_unconfigured_plugins_get_default_instances() {
         ["chaos", "web", "ticker"],
         "no default `http-echo` beside `web`"
     );
+    // The file is fine: what is refused is the container's config, not the plugin.
     let plugin = host.plugin("libticker.so");
-    assert_eq!(plugin["error_kind"], "constructor_failed", "{plugin}");
+    assert_eq!(plugin["error_kind"], Value::Null, "{plugin}");
 
     host.signal(Signal::SIGINT);
     let status = host.wait_exit(EXIT_TIMEOUT);

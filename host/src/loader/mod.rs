@@ -191,11 +191,9 @@ pub struct UnloadReport {
     pub errors: Vec<String>,
 }
 
-/// One loaded generation of a plugin file.
-///
-/// Dropping a `Library` without [`Library::unload`] never closes it: code of a library whose
-/// unload was not verified safe stays mapped rather than risking a crash.
-pub struct Library {
+/// What is known of one loaded generation: plain data, no handle into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryFacts {
     pub info: PluginInfo,
     /// The plugin file in the watched folder.
     pub file: PathBuf,
@@ -207,6 +205,21 @@ pub struct Library {
     pub loaded_at: SystemTime,
     /// Containers an instance requires unless its config says otherwise (interface 1.1).
     pub default_requires: Vec<String>,
+}
+
+impl LibraryFacts {
+    /// The first 12 hex digits of the content hash.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..12.min(self.sha256.len())]
+    }
+}
+
+/// One loaded generation of a plugin file.
+///
+/// Dropping a `Library` without [`Library::unload`] never closes it: code of a library whose
+/// unload was not verified safe stays mapped rather than risking a crash.
+pub struct Library {
+    pub facts: LibraryFacts,
     module: PluginModRef,
     handle: Mutex<Option<libloading::Library>>,
 }
@@ -214,9 +227,9 @@ pub struct Library {
 impl fmt::Debug for Library {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Library")
-            .field("plugin", &self.info.name)
-            .field("file", &self.file)
-            .field("generation", &self.generation)
+            .field("plugin", &self.facts.info.name)
+            .field("file", &self.facts.file)
+            .field("generation", &self.facts.generation)
             .finish_non_exhaustive()
     }
 }
@@ -244,13 +257,11 @@ impl Library {
                 errors.push(format!("dlclose: {e}"));
             }
         }
-        if let Err(e) = std::fs::remove_file(&this.copy) {
-            errors.push(format!(
-                "deleting private copy {}: {e}",
-                this.copy.display()
-            ));
+        let copy = &this.facts.copy;
+        if let Err(e) = std::fs::remove_file(copy) {
+            errors.push(format!("deleting private copy {}: {e}", copy.display()));
         }
-        let still_mapped = maps::is_mapped(&this.copy).unwrap_or_else(|e| {
+        let still_mapped = maps::is_mapped(copy).unwrap_or_else(|e| {
             errors.push(format!("reading /proc/self/maps: {e}"));
             true
         });
@@ -258,11 +269,6 @@ impl Library {
             still_mapped,
             errors,
         })
-    }
-
-    /// The first 12 hex digits of the content hash.
-    pub fn short_hash(&self) -> &str {
-        &self.sha256[..12.min(self.sha256.len())]
     }
 }
 
@@ -360,17 +366,19 @@ impl Loader {
 
         match open_on_own_thread(copy.clone(), self.load_timeout).await {
             Ok((handle, module)) => Ok(Arc::new(Library {
-                info,
-                file: file.to_owned(),
-                copy,
-                generation,
-                sha256,
-                loaded_at: SystemTime::now(),
-                // `None` from a plugin built for interface 1.0.
-                default_requires: module
-                    .default_requires()
-                    .map(|names| names.iter().map(|n| n.as_str().to_owned()).collect())
-                    .unwrap_or_default(),
+                facts: LibraryFacts {
+                    info,
+                    file: file.to_owned(),
+                    copy,
+                    generation,
+                    sha256,
+                    loaded_at: SystemTime::now(),
+                    // `None` from a plugin built for interface 1.0.
+                    default_requires: module
+                        .default_requires()
+                        .map(|names| names.iter().map(|n| n.as_str().to_owned()).collect())
+                        .unwrap_or_default(),
+                },
                 module,
                 handle: Mutex::new(Some(handle)),
             })),

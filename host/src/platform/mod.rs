@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::loader::{CallError, ConfigCheck, HealthReport, LoadError, PluginInfo, UnloadReport};
+use crate::loader::{
+    CallError, ConfigCheck, HealthReport, LibraryFacts, LoadError, PluginInfo, UnloadReport,
+};
 use crate::services::HostServices;
 use crate::watcher::FolderEvent;
 
@@ -91,23 +93,37 @@ pub struct Content {
     pub stamp: Stamp,
 }
 
-/// One loaded generation of a plugin file.
+/// One loaded generation of a plugin file: the facts of it the supervisor uses.
 pub trait Generation: Send + Sync + 'static {
-    fn info(&self) -> &PluginInfo;
-    /// The plugin file in the watched folder.
-    fn file(&self) -> &Path;
-    /// The private copy that is mapped.
-    fn copy(&self) -> &Path;
-    fn generation(&self) -> u64;
-    fn sha256(&self) -> &str;
-    fn loaded_at(&self) -> SystemTime;
-    /// Containers an instance requires unless its config says otherwise.
-    fn default_requires(&self) -> &[String];
+    fn facts(&self) -> &LibraryFacts;
 
+    fn info(&self) -> &PluginInfo {
+        &self.facts().info
+    }
+    /// The plugin file in the watched folder.
+    fn file(&self) -> &Path {
+        &self.facts().file
+    }
+    /// The private copy that is mapped.
+    fn copy(&self) -> &Path {
+        &self.facts().copy
+    }
+    fn generation(&self) -> u64 {
+        self.facts().generation
+    }
+    fn sha256(&self) -> &str {
+        &self.facts().sha256
+    }
+    fn loaded_at(&self) -> SystemTime {
+        self.facts().loaded_at
+    }
+    /// Containers an instance requires unless its config says otherwise.
+    fn default_requires(&self) -> &[String] {
+        &self.facts().default_requires
+    }
     /// The first 12 hex digits of the content hash.
     fn short_hash(&self) -> &str {
-        let hash = self.sha256();
-        &hash[..12.min(hash.len())]
+        self.facts().short_hash()
     }
 }
 

@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Calls, Content, Generation, LookRules, Observation, Platform, Stamp};
 use crate::loader::{
-    self, CallError, ConfigCheck, HealthReport, Library, LoadError, Loader, PluginInfo,
+    self, CallError, ConfigCheck, HealthReport, Library, LibraryFacts, LoadError, Loader,
     UnloadReport, Worker,
 };
 use crate::services::HostServices;
@@ -36,26 +36,8 @@ impl Real {
 }
 
 impl Generation for Library {
-    fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-    fn file(&self) -> &Path {
-        &self.file
-    }
-    fn copy(&self) -> &Path {
-        &self.copy
-    }
-    fn generation(&self) -> u64 {
-        self.generation
-    }
-    fn sha256(&self) -> &str {
-        &self.sha256
-    }
-    fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-    fn default_requires(&self) -> &[String] {
-        &self.default_requires
+    fn facts(&self) -> &LibraryFacts {
+        &self.facts
     }
 }
 
@@ -120,7 +102,7 @@ impl Platform for Real {
     }
 
     fn read_copy(&self, library: &Library) -> std::io::Result<Vec<u8>> {
-        std::fs::read(&library.copy)
+        std::fs::read(&library.facts.copy)
     }
 
     async fn load(&mut self, path: &Path, content: &Content) -> Result<Arc<Library>, LoadError> {

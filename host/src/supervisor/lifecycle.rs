@@ -56,6 +56,11 @@ impl<P: Platform> Supervisor<P> {
                 self.set_waiting(&name, reason);
                 continue;
             }
+            #[cfg(test)]
+            self.record_start(&name);
+            let Some(container) = self.containers.get(&name) else {
+                continue;
+            };
             let plugin = container.plugin.clone();
             let config_json = container.spec.config_json.clone();
             let timeout = container.spec.start_timeout;

@@ -109,6 +109,10 @@ pub struct Supervisor<P: Platform> {
     /// Backoff jitter; seeded, so a simulation replays exactly.
     rng: fastrand::Rng,
     phase: Phase,
+    /// For the simulation: each start, with whether each requirement was running and
+    /// ready at that moment.
+    #[cfg(test)]
+    starts: Vec<(String, Vec<(String, bool)>)>,
 }
 
 impl<P: Platform> Supervisor<P> {
@@ -140,6 +144,8 @@ impl<P: Platform> Supervisor<P> {
             next_instance: 0,
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::StartingUp,
+            #[cfg(test)]
+            starts: Vec::new(),
         }
     }
 

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::loader::{
-    CallError, ConfigCheck, HealthReport, InterfaceVersion, LoadError, PluginInfo, UnloadReport,
+    CallError, ConfigCheck, HealthReport, InterfaceVersion, LibraryFacts, LoadError, PluginInfo,
+    UnloadReport,
 };
 use crate::platform::{
     Calls, Content, Generation, LookRules, Observation, Platform, Stamp, is_candidate,
@@ -142,44 +143,21 @@ pub fn lock(world: &SharedWorld) -> MutexGuard<'_, World> {
 }
 
 pub struct FakeLibrary {
-    info: PluginInfo,
-    file: PathBuf,
-    copy: PathBuf,
-    generation: u64,
-    sha256: String,
-    loaded_at: SystemTime,
+    facts: LibraryFacts,
     recipe: Recipe,
     bytes: Vec<u8>,
 }
 
 impl Generation for FakeLibrary {
-    fn info(&self) -> &PluginInfo {
-        &self.info
-    }
-    fn file(&self) -> &Path {
-        &self.file
-    }
-    fn copy(&self) -> &Path {
-        &self.copy
-    }
-    fn generation(&self) -> u64 {
-        self.generation
-    }
-    fn sha256(&self) -> &str {
-        &self.sha256
-    }
-    fn loaded_at(&self) -> SystemTime {
-        self.loaded_at
-    }
-    fn default_requires(&self) -> &[String] {
-        &self.recipe.default_requires
+    fn facts(&self) -> &LibraryFacts {
+        &self.facts
     }
 }
 
 fn key(library: &FakeLibrary) -> (String, u64) {
     (
-        super::super::generations::file_name(&library.file),
-        library.generation,
+        super::super::generations::file_name(library.file()),
+        library.generation(),
     )
 }
 
@@ -265,16 +243,19 @@ impl Platform for FakePlatform {
         *counter += 1;
         let generation = *counter;
         let library = FakeLibrary {
-            info: PluginInfo {
-                name: recipe.plugin.clone(),
-                version: format!("0.{}.0", recipe.version),
-                interface: InterfaceVersion::HOST,
+            facts: LibraryFacts {
+                info: PluginInfo {
+                    name: recipe.plugin.clone(),
+                    version: format!("0.{}.0", recipe.version),
+                    interface: InterfaceVersion::HOST,
+                },
+                file: path.to_owned(),
+                copy: PathBuf::from(format!("/private/{}-g{generation}", path.display())),
+                generation,
+                sha256: content.hash.clone(),
+                loaded_at: SystemTime::UNIX_EPOCH,
+                default_requires: recipe.default_requires.clone(),
             },
-            file: path.to_owned(),
-            copy: PathBuf::from(format!("/private/{}-g{generation}", path.display())),
-            generation,
-            sha256: content.hash.clone(),
-            loaded_at: SystemTime::UNIX_EPOCH,
             recipe,
             bytes: content.bytes.to_vec(),
         };

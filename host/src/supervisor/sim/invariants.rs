@@ -273,8 +273,18 @@ fn containers_are_consistent(seen: &Inspection) -> Result<(), String> {
     Ok(())
 }
 
-/// A running container's requirements all run; a waiting one waits for something real.
+/// A container starts only once what it requires runs and is ready, and while it runs,
+/// what it requires runs.
 fn dependents_run_only_on_what_they_require(seen: &Inspection) -> Result<(), String> {
+    for (name, requirements) in &seen.starts {
+        for (required, ready) in requirements {
+            ensure(*ready, || {
+                format!(
+                    "{name} was started while {required}, which it requires, was not running and ready"
+                )
+            })?;
+        }
+    }
     let by_name: BTreeMap<&str, _> = seen
         .containers
         .iter()

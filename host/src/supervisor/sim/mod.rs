@@ -56,10 +56,32 @@ pub struct Inspection {
     pub in_memory: Vec<(String, u64)>,
     /// The board, read at the same moment.
     pub board: crate::model::Snapshot,
+    /// The starts since the last inspection, with whether each requirement was ready.
+    pub starts: Vec<(String, Vec<(String, bool)>)>,
 }
 
 impl<P: Platform> Supervisor<P> {
-    pub(in crate::supervisor) fn inspect(&self) -> Inspection {
+    /// Notes that `name` is being started, and whether what it requires runs and is ready.
+    pub(in crate::supervisor) fn record_start(&mut self, name: &str) {
+        let requires = self
+            .containers
+            .get(name)
+            .map(|c| c.spec.requires.clone())
+            .unwrap_or_default();
+        let ready = requires
+            .into_iter()
+            .map(|r| {
+                let ok = self
+                    .containers
+                    .get(&r)
+                    .is_some_and(|c| c.is_live() && c.ready);
+                (r, ok)
+            })
+            .collect();
+        self.starts.push((name.to_owned(), ready));
+    }
+
+    pub(in crate::supervisor) fn inspect(&mut self) -> Inspection {
         let mut plugins: Vec<PluginStatus> = self
             .files
             .paths()
@@ -96,6 +118,7 @@ impl<P: Platform> Supervisor<P> {
                 .map(|l| (super::generations::file_name(l.file()), l.generation()))
                 .collect(),
             board: self.board.read().clone(),
+            starts: std::mem::take(&mut self.starts),
         }
     }
 }

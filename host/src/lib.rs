@@ -232,7 +232,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let platform = Real::new(host.copy_dir.as_deref(), host.load_timeout_ms.duration())
         .context("creating the private copy folder")?;
     let private_dir = platform.private_dir().to_owned();
-    let mut supervisor = Supervisor::new(settings, board.clone(), platform, fastrand::u64(..));
+    let supervisor = Supervisor::new(settings, board.clone(), platform, fastrand::u64(..));
     let handle = supervisor.handle();
     info!(plugin_dir = %plugin_dir.display(), private_dir = %private_dir.display(), "balut starting");
 
@@ -279,13 +279,12 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
         ))
     });
 
-    let mut supervisor_task = tokio::spawn(async move {
-        if let Err(e) = supervisor.start_all().await {
+    let mut supervisor_task = tokio::spawn(supervisor.start_and_run(move |scanned| {
+        if let Err(e) = scanned {
             error!(plugin_dir = %plugin_dir.display(), error = %e, "cannot read the plugin folder");
         }
         let _ = started.send(());
-        supervisor.run().await
-    });
+    }));
 
     let mut ended = None;
     let first = loop {

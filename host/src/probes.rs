@@ -3,7 +3,7 @@
 //! One task per live instance runs both probes, one at a time (they never overlap: the
 //! next is scheduled a period after the previous one ended). A probe slower than its
 //! timeout counts as failed; the task waits for nothing else, so a stuck plugin never
-//! blocks the host or other containers. Defaults (../shared/notes/supervision.md): liveness
+//! blocks the host or other containers. Defaults (docs/CONFIG.md): liveness
 //! every 10 s, timeout 2 s, 3 failures, 60 s start-up grace; readiness every 5 s, timeout 2 s.
 
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! When to restart a failed container: policy, backoff with jitter, intensity limit and
 //! quarantine. Pure bookkeeping over times handed in, so it is tested deterministically.
 //!
-//! Defaults (../shared/notes/supervision.md): first retry at once, then 1 s doubling with
+//! Defaults (as in docs/CONFIG.md, chosen after systemd, Kubernetes and Docker): first retry at once, then 1 s doubling with
 //! +-25 % jitter, capped at 60 s; the count resets after 60 s ready. More than 5 restarts
 //! within 60 s puts the container in quarantine, retried every 5 minutes. A manual restart
 //! always works and clears the counters.

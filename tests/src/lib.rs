@@ -424,7 +424,9 @@ impl PluginDir {
 }
 
 /// How a test puts a file into the plugin folder; each makes different file-system events
-/// (see the file-events table in `../shared/notes/native-plugins.md`).
+/// (inotify: a `cp` gives Create then Close(Write); a `mv` within the file system only
+/// Modify(Name(To)); a write-then-rename one Create on the target; `cp` over a file
+/// Modify(Data) then Close(Write)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Put {
     /// Open the path itself (create, or truncate in place: same inode) and write.

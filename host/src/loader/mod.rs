@@ -11,7 +11,7 @@
 //! [`Library::unload`] closes the library once nothing holds it, deletes the copy and
 //! verifies with `/proc/self/maps` that the copy is really gone.
 //!
-//! Facts behind this design: `../shared/notes/native-plugins.md`.
+//! Facts behind this design: docs/ARCHITECTURE.md (its opening list).
 
 mod check;
 pub(crate) mod elf;

@@ -164,6 +164,22 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
+    /// The whole life: the first scan and start (`start_all`; `started` is told how it
+    /// went), then [`Self::run`]. A panic in the first scan is handled as one in any step.
+    pub async fn start_and_run(
+        mut self,
+        started: impl FnOnce(std::io::Result<()>) + Send,
+    ) -> Outcome {
+        match AssertUnwindSafe(self.start_all()).catch_unwind().await {
+            Ok(result) => started(result),
+            Err(panic) => {
+                started(Ok(()));
+                return self.after_panic(panic).await;
+            }
+        }
+        self.run().await
+    }
+
     /// Serves requests and folder changes until shutdown. A panic in any step is caught:
     /// the supervisor then refuses requests, stops what it can and reports the panic.
     pub async fn run(mut self) -> Outcome {

@@ -261,38 +261,41 @@ impl<W> Containers<W> {
         }
     }
 
-    /// All containers in start order: requirements first, otherwise registration order.
+    /// All containers in start order: requirements first, otherwise registration order
+    /// (each next one is the first in registration order whose requirements are placed).
     pub fn start_order(&self) -> Vec<String> {
-        let mut placed: Vec<&str> = Vec::with_capacity(self.map.len());
-        while placed.len() < self.map.len() {
-            let unplaced = || {
-                self.map
-                    .values()
-                    .filter(|c| !placed.contains(&c.name.as_str()))
-            };
-            let next = unplaced()
-                .find(|c| {
-                    c.spec
-                        .requires
-                        .iter()
-                        .all(|r| !self.map.contains_key(r.as_str()) || placed.contains(&r.as_str()))
+        let all: Vec<&Container<W>> = self.map.values().collect();
+        let mut placed = vec![false; all.len()];
+        let mut order = Vec::with_capacity(all.len());
+        let is_placed = |placed: &[bool], name: &str| {
+            self.map
+                .get_index_of(name)
+                .is_none_or(|at| placed[at])
+        };
+        while order.len() < all.len() {
+            let next = (0..all.len())
+                .find(|&i| {
+                    !placed[i] && all[i].spec.requires.iter().all(|r| is_placed(&placed, r))
                 })
                 // Config validation rules out cycles; place the rest in order if one slips in.
-                .or_else(|| unplaced().next());
-            match next {
-                Some(c) => placed.push(&c.name),
-                None => break,
-            }
+                .or_else(|| (0..all.len()).find(|&i| !placed[i]));
+            let Some(next) = next else { break };
+            placed[next] = true;
+            order.push(all[next].name.clone());
         }
-        placed.into_iter().map(str::to_owned).collect()
+        order
     }
 
     /// `names` ordered so that each container comes before what it requires (the reverse
     /// of the start order).
     pub fn stop_order(&self, names: &[String]) -> Vec<String> {
+        if names.len() < 2 {
+            return names.to_vec();
+        }
+        let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         let mut order = self.start_order();
         order.reverse();
-        order.retain(|n| names.contains(n));
+        order.retain(|n| wanted.contains(n.as_str()));
         order
     }
 

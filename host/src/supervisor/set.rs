@@ -267,16 +267,11 @@ impl<W> Containers<W> {
         let all: Vec<&Container<W>> = self.map.values().collect();
         let mut placed = vec![false; all.len()];
         let mut order = Vec::with_capacity(all.len());
-        let is_placed = |placed: &[bool], name: &str| {
-            self.map
-                .get_index_of(name)
-                .is_none_or(|at| placed[at])
-        };
+        let is_placed =
+            |placed: &[bool], name: &str| self.map.get_index_of(name).is_none_or(|at| placed[at]);
         while order.len() < all.len() {
             let next = (0..all.len())
-                .find(|&i| {
-                    !placed[i] && all[i].spec.requires.iter().all(|r| is_placed(&placed, r))
-                })
+                .find(|&i| !placed[i] && all[i].spec.requires.iter().all(|r| is_placed(&placed, r)))
                 // Config validation rules out cycles; place the rest in order if one slips in.
                 .or_else(|| (0..all.len()).find(|&i| !placed[i]));
             let Some(next) = next else { break };

@@ -107,19 +107,7 @@ impl<P: Platform> Supervisor<P> {
             // The file now holds another plugin: the one it provided goes first.
             self.remove_plugin_of(path).await;
         }
-        let names = self.adopt(path, library, &content)?;
-        if self.phase == Phase::Running {
-            let due = names
-                .into_iter()
-                .filter(|n| {
-                    self.containers
-                        .get(n)
-                        .is_some_and(|c| c.wanted && !c.is_live())
-                })
-                .collect();
-            self.start_many(due).await;
-        }
-        None
+        self.add_loaded(path, library, content).await
     }
 
     /// New content for a file whose generation is in memory.
@@ -139,6 +127,8 @@ impl<P: Platform> Supervisor<P> {
         None
     }
 
+    /// Adopts a loaded generation as the file's and starts its containers (after the first
+    /// scan; during it, everything starts together afterwards).
     async fn add_loaded(
         &mut self,
         path: &Path,
@@ -146,6 +136,9 @@ impl<P: Platform> Supervisor<P> {
         content: Content,
     ) -> Option<Instant> {
         let names = self.adopt(path, library, &content)?;
+        if self.phase != Phase::Running {
+            return None;
+        }
         let due = names
             .into_iter()
             .filter(|n| {

@@ -272,7 +272,12 @@ async fn get_container(
 
 async fn list_plugins(State(app): State<AppState>) -> Response {
     let board = app.board.read();
-    Json(json!({ "plugins": board.plugins, "not_unloaded": board.not_unloaded })).into_response()
+    Json(json!({
+        "plugins": board.plugins,
+        "not_unloaded": board.not_unloaded,
+        "folder": board.folder,
+    }))
+    .into_response()
 }
 
 fn control_response(result: Result<crate::model::ContainerStatus, ControlError>) -> Response {
@@ -329,6 +334,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
             .into_response();
     }
     let board = app.board.read();
+    if let Some(error) = &board.folder.error {
+        // Without its folder the host cannot follow what it should run.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "plugin folder lost", "folder": board.folder, "error": error })),
+        )
+            .into_response();
+    }
     let not_ready: Vec<serde_json::Value> = board
         .containers
         .iter()

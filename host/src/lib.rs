@@ -9,6 +9,7 @@ mod cli;
 mod client;
 pub mod config;
 mod events;
+mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -46,7 +47,7 @@ use crate::supervisor::{Outcome, Settings, Supervisor};
 const EXIT_UNCLEAN: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_SOFTWARE: u8 = 70;
-const EXIT_FORCED: i32 = 130;
+const EXIT_FORCED: u8 = 130;
 
 /// The `balut` command line: parses the arguments and runs the command.
 pub fn main() -> ExitCode {
@@ -286,6 +287,9 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
         let _ = started.send(());
     }));
 
+    // The signal loop never waits on the supervisor: a reload is its own task, and the
+    // first SIGINT/SIGTERM only raises the stop flag (the supervisor gives up starts in
+    // flight and queued requests, and the shutdown budget counts from now).
     let mut ended = None;
     let first = loop {
         tokio::select! {
@@ -294,7 +298,8 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
             _ = sighup.recv() => {
                 info!("SIGHUP: reloading the config");
                 // The supervisor logs the outcome; a bad file leaves the old one in force.
-                let _ = handle.reload().await;
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.reload().await });
             }
             joined = &mut supervisor_task => {
                 ended = Some(Ending::of(joined));
@@ -312,14 +317,13 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
                 signal = first,
                 "stopping all containers; a second signal exits at once"
             );
+            handle.begin_shutdown();
             // The report comes back as the task's outcome.
-            let shutdown = handle.shutdown();
             tokio::select! {
-                _ = shutdown => {}
+                joined = &mut supervisor_task => Ending::of(joined),
                 _ = sigterm.recv() => force_exit(&private_dir),
                 _ = sigint.recv() => force_exit(&private_dir),
             }
-            Ending::of(supervisor_task.await)
         }
     };
     let _ = stop_http.send(true);
@@ -357,10 +361,11 @@ fn bind_unix_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixLi
     Ok(listener)
 }
 
+/// The second signal: exit at once, whatever the supervisor or any plugin thread is doing.
 fn force_exit(private_dir: &std::path::Path) -> ! {
     warn!("second signal: exiting now");
     let _ = std::fs::remove_dir_all(private_dir);
-    std::process::exit(EXIT_FORCED)
+    exit::immediately(EXIT_FORCED)
 }
 
 #[cfg(test)]

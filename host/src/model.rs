@@ -191,6 +191,17 @@ pub struct Snapshot {
     pub containers: Vec<ContainerStatus>,
     pub plugins: Vec<PluginStatus>,
     pub not_unloaded: Vec<NotUnloaded>,
+    pub folder: FolderStatus,
+}
+
+/// The plugin folder as the host sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FolderStatus {
+    pub path: String,
+    /// Changes are seen at once (a file-system watch is armed); otherwise only by rescans.
+    pub watching: bool,
+    /// Why the folder cannot be read or watched (it was removed, renamed away...).
+    pub error: Option<String>,
 }
 
 /// One state transition of a container.

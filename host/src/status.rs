@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::model::{ContainerStatus, NotUnloaded, PluginStatus, Snapshot};
+use crate::model::{ContainerStatus, FolderStatus, NotUnloaded, PluginStatus, Snapshot};
 
 /// Shared, cheaply cloned handle to the status board, the event log and the metrics.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +85,13 @@ impl Board {
 
     pub fn remove_plugin(&self, file: &str) {
         self.write().plugins.retain(|p| p.file != file);
+    }
+
+    pub fn put_folder(&self, folder: &FolderStatus) {
+        let mut snapshot = self.write();
+        if snapshot.folder != *folder {
+            snapshot.folder = folder.clone();
+        }
     }
 
     /// Shows the generations that could not be unloaded.

@@ -165,6 +165,9 @@ pub trait Platform: Send + 'static {
     /// Starts watching `dir`, sending events to `events`; replaces an earlier watch.
     fn watch(&mut self, dir: &Path, events: UnboundedSender<FolderEvent>) -> Result<(), String>;
     fn unwatch(&mut self);
+    /// The folder's identity (device, inode), following a symlink: tells that it was
+    /// replaced or that it is gone.
+    fn identity(&self, dir: &Path) -> std::io::Result<(u64, u64)>;
     /// The plugin candidates in `dir`, sorted.
     fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>>;
     fn stamp(&self, path: &Path) -> Option<Stamp>;

@@ -89,6 +89,15 @@ impl Platform for Real {
         self.watcher = None;
     }
 
+    fn identity(&self, dir: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("not a folder"));
+        }
+        Ok((meta.dev(), meta.ino()))
+    }
+
     fn list(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         super::list_candidates(dir)
     }

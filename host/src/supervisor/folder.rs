@@ -12,6 +12,21 @@ use tokio::time::Instant;
 /// the events of one `cp` or rename, far shorter than a human notices.
 pub const QUIET: Duration = Duration::from_millis(20);
 
+/// How often a folder that is gone is looked for, so hot plug resumes soon after it is
+/// back (deleted and created again, renamed back, replaced by a symlink).
+pub const LOST_POLL: Duration = Duration::from_millis(500);
+
+/// The watch on the folder itself.
+#[derive(Debug, Default)]
+pub struct Watch {
+    /// The folder (device, inode) the watch is armed on.
+    pub armed: Option<(u64, u64)>,
+    /// Why the folder is gone, while it is.
+    pub lost: Option<String>,
+    /// When to look for it again.
+    pub next_look: Option<Instant>,
+}
+
 /// Names waiting to be looked at, and when each last had an event.
 #[derive(Debug, Default)]
 pub struct Pending {

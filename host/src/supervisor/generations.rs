@@ -136,10 +136,7 @@ impl<L: Generation> Generations<L> {
     /// Every generation in memory: the files' current ones and the retired ones.
     #[cfg(test)]
     pub fn in_memory(&self) -> impl Iterator<Item = &Arc<L>> {
-        self.files
-            .values()
-            .filter_map(|f| f.current.as_ref())
-            .chain(&self.retired)
+        self.in_memory_all()
     }
 
     pub fn not_unloaded(&self) -> &[NotUnloaded] {
@@ -324,6 +321,27 @@ impl<L: Generation> Generations<L> {
             reason,
         });
         self.board.put_not_unloaded(&self.not_unloaded);
+    }
+
+    /// Lists every generation still in memory and not yet listed in `not_unloaded`, with
+    /// `reason` (at the end of a shutdown, when nothing more will let go of them).
+    pub fn pin_held(&mut self, reason: &str) {
+        let held: Vec<Arc<L>> = self.in_memory_all().cloned().collect();
+        for library in held {
+            let listed = self.not_unloaded.iter().any(|n| {
+                n.generation == library.generation() && n.file == file_name(library.file())
+            });
+            if !listed {
+                self.pin(&*library, reason.to_owned());
+            }
+        }
+    }
+
+    fn in_memory_all(&self) -> impl Iterator<Item = &Arc<L>> {
+        self.files
+            .values()
+            .filter_map(|f| f.current.as_ref())
+            .chain(&self.retired)
     }
 
     /// Unloads every generation that only this module holds (no instance uses it).

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use crate::model::{ContainerStatus, NotUnloaded};
 use crate::probes::ProbeReport;
@@ -95,9 +96,6 @@ pub(super) enum Command {
     Reload {
         reply: Reply<Result<ReloadReport, ReloadError>>,
     },
-    Shutdown {
-        reply: Reply<ShutdownReport>,
-    },
     /// The simulation's look at the supervisor's own state. The supervisor then waits
     /// for `resume`, so the world holds still while the invariants are checked.
     #[cfg(test)]
@@ -124,12 +122,34 @@ pub(super) enum Serving {
 }
 
 /// Shared between the supervisor and its handles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Shared {
     serving: Mutex<Serving>,
+    /// When a shutdown was asked for: the budget counts from then, whatever the supervisor
+    /// was doing. A watch, so asking never waits and the supervisor sees it mid-step.
+    stop: watch::Sender<Option<Instant>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            serving: Mutex::default(),
+            stop: watch::channel(None).0,
+        }
+    }
 }
 
 impl Shared {
+    /// A receiver that sees the shutdown request.
+    pub fn stop_requests(&self) -> watch::Receiver<Option<Instant>> {
+        self.stop.subscribe()
+    }
+
+    /// When the shutdown was asked for, if it was.
+    pub fn stop_requested_at(&self) -> Option<Instant> {
+        *self.stop.borrow()
+    }
+
     pub fn set(&self, serving: Serving) {
         *self.serving.lock().unwrap_or_else(PoisonError::into_inner) = serving;
     }
@@ -195,12 +215,15 @@ impl SupervisorHandle {
         }
     }
 
-    /// Stops everything in reverse dependency order and unloads every library. `None`
-    /// when the supervisor is gone (it failed, or another shutdown ended it).
-    pub async fn shutdown(&self) -> Option<ShutdownReport> {
-        let (reply, response) = oneshot::channel();
-        self.commands.send(Command::Shutdown { reply }).await.ok()?;
-        response.await.ok()
+    /// Asks the supervisor to stop everything (in reverse dependency order, within the
+    /// shutdown budget counted from now) and end; its task's [`Outcome`] carries the report.
+    /// Never waits: starts in flight and queued requests are given up.
+    pub fn begin_shutdown(&self) {
+        self.shared.stop.send_if_modified(|at| {
+            let first = at.is_none();
+            at.get_or_insert_with(Instant::now);
+            first
+        });
     }
 
     /// The supervisor's state; it holds still until the returned sender is used or

@@ -8,12 +8,13 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::admission::{Admission, Known, admit};
-use super::folder::QUIET;
+use super::folder::{LOST_POLL, QUIET};
 use super::generations::{Judged, file_name};
 use super::set::Spec;
 use super::{Phase, Supervisor};
 use crate::events::EventKind;
 use crate::loader::LoadError;
+use crate::model::FolderStatus;
 use crate::platform::{Content, Generation, Platform, Problem, is_candidate};
 use crate::watcher::FolderEvent;
 
@@ -24,13 +25,7 @@ impl<P: Platform> Supervisor<P> {
     pub async fn start_all(&mut self) -> std::io::Result<()> {
         let dir = self.settings.plugin_dir.clone();
         // Watch first, so nothing that happens during the scan is missed.
-        if let Err(e) = self.platform.watch(&dir, self.inbox.folder_sender.clone()) {
-            warn!(
-                plugin_dir = %dir.display(),
-                error = %e,
-                "cannot watch the plugin folder; changes are picked up by periodic rescans only"
-            );
-        }
+        self.check_folder();
         self.phase = Phase::StartingUp;
         let listed = self.platform.list(&dir);
         if let Ok(paths) = &listed {
@@ -60,18 +55,66 @@ impl<P: Platform> Supervisor<P> {
                         self.pending.touch(path, Instant::now());
                     }
                 }
-                _ => self.rescan(true),
+                // The folder itself (removed, renamed), or something outside it.
+                _ => {
+                    self.check_folder();
+                    self.rescan(true);
+                }
             },
             FolderEvent::Rescan(reason) => {
                 warn!(reason, "rescanning the plugin folder");
+                self.check_folder();
                 self.rescan(true);
             }
         }
     }
 
+    /// Checks that the folder is still the one watched: a folder that is gone is reported
+    /// (its plugins keep running) and looked for every [`LOST_POLL`]; one that is back, or
+    /// replaced, is watched again and rescanned.
+    pub(super) fn check_folder(&mut self) {
+        let dir = self.settings.plugin_dir.clone();
+        match self.platform.identity(&dir) {
+            Err(e) => {
+                if self.watch.lost.is_none() {
+                    warn!(plugin_dir = %dir.display(), error = %e, "the plugin folder is gone; its plugins keep running; looking for it to come back");
+                    self.platform.unwatch();
+                    self.watch.armed = None;
+                }
+                self.watch.lost = Some(format!("{}: {e}", dir.display()));
+                self.watch.next_look = Some(Instant::now() + LOST_POLL);
+            }
+            Ok(identity) if self.watch.armed != Some(identity) => {
+                let first = self.watch.armed.is_none() && self.watch.lost.is_none();
+                match self.platform.watch(&dir, self.inbox.folder_sender.clone()) {
+                    Ok(()) => self.watch.armed = Some(identity),
+                    Err(e) => warn!(
+                        plugin_dir = %dir.display(),
+                        error = %e,
+                        "cannot watch the plugin folder; changes are picked up by periodic rescans only"
+                    ),
+                }
+                if self.watch.lost.take().is_some() || !first {
+                    info!(plugin_dir = %dir.display(), "the plugin folder is back; watching it again");
+                    self.rescan(true);
+                }
+                self.watch.next_look = None;
+            }
+            Ok(_) => {}
+        }
+        self.board.put_folder(&FolderStatus {
+            path: dir.display().to_string(),
+            watching: self.watch.armed.is_some(),
+            error: self.watch.lost.clone(),
+        });
+    }
+
     /// Marks for a look every name whose stamp differs from the last look (or every name,
     /// when `full`), and every known name that is gone.
     pub(super) fn rescan(&mut self, full: bool) {
+        if self.watch.lost.is_some() {
+            return; // Nothing to list; its plugins keep running until it is back.
+        }
         let dir = &self.settings.plugin_dir;
         let listed = match self.platform.list(dir) {
             Ok(listed) => listed,

@@ -11,11 +11,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::Supervisor;
 use super::generations::file_name;
 use super::handle::ProbeMessage;
 use super::policy::Exit;
 use super::set::{Hold, Instance};
+use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
 use crate::model::{State, rfc3339};
 use crate::platform::{Calls, Generation, Platform};
@@ -118,13 +118,48 @@ impl<P: Platform> Supervisor<P> {
             });
             prepared.insert(name, instance);
         }
-        while let Some(joined) = jobs.join_next().await {
+        let mut stop = self.shared.stop_requests();
+        loop {
+            let joined = tokio::select! {
+                biased;
+                // A shutdown does not wait for starts in flight: it gives them up.
+                () = stopped(&mut stop) => {
+                    drop(jobs);
+                    self.give_up_starts(prepared);
+                    return;
+                }
+                joined = jobs.join_next() => joined,
+            };
+            let Some(joined) = joined else {
+                return;
+            };
             let Ok((name, outcome)) = joined else {
                 continue; // A start job cannot panic; nothing to finish if it did.
             };
             if let Some(instance) = prepared.remove(&name) {
                 self.finish_start(&name, instance, outcome).await;
             }
+        }
+    }
+
+    /// The host is shutting down while these were starting: they are told to stop, left
+    /// to their threads, and shown as not started.
+    fn give_up_starts(&mut self, prepared: HashMap<String, Instance<P::Worker>>) {
+        for (name, instance) in prepared {
+            instance.services.request_stop();
+            if let Some(container) = self.containers.get_mut(&name) {
+                container.hold = Hold::Parked;
+            }
+            let generation = instance.generation;
+            warn!(container = %name, generation, "its start was in flight when the host began to shut down; given up");
+            let reason = "not started: its start was in flight when the host began to shut down, \
+                          and was given up (its thread is left to end with the process)";
+            self.containers
+                .set_state(&name, State::Failed, Some(reason.to_owned()));
+            self.given_up.push(super::handle::StopFailure {
+                container: name,
+                reason: reason.to_owned(),
+            });
         }
     }
 

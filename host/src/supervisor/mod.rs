@@ -32,7 +32,9 @@ mod shutdown;
 mod sim;
 mod swap;
 
-pub use handle::{ControlError, Outcome, ReloadError, ShutdownReport, SupervisorHandle};
+#[cfg(test)]
+pub use handle::ShutdownReport;
+pub use handle::{ControlError, Outcome, ReloadError, SupervisorHandle};
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -50,9 +52,9 @@ use crate::services::NoticeFrom;
 use crate::status::Board;
 use crate::watcher::FolderEvent;
 
-use folder::Pending;
+use folder::{Pending, Watch};
 use generations::Generations;
-use handle::{Command, ProbeMessage, Serving, Shared};
+use handle::{Command, ProbeMessage, Serving, Shared, StopFailure};
 use set::{Containers, Hold};
 
 /// What to run: where plugins are and how containers are configured.
@@ -91,7 +93,7 @@ struct Inbox {
 /// What one turn of the loop asks for next.
 enum Flow {
     Continue,
-    Shutdown(Option<handle::Reply<ShutdownReport>>),
+    Shutdown,
 }
 
 pub struct Supervisor<P: Platform> {
@@ -103,12 +105,15 @@ pub struct Supervisor<P: Platform> {
     containers: Containers<P::Worker>,
     files: Generations<P::Library>,
     pending: Pending,
+    watch: Watch,
     inbox: Inbox,
     shared: Arc<Shared>,
     next_instance: u64,
     /// Backoff jitter; seeded, so a simulation replays exactly.
     rng: fastrand::Rng,
     phase: Phase,
+    /// Starts given up when the shutdown began: they count as not stopped cleanly.
+    given_up: Vec<StopFailure>,
     /// For the simulation: each start, with whether each requirement was running and
     /// ready at that moment.
     #[cfg(test)]
@@ -130,6 +135,7 @@ impl<P: Platform> Supervisor<P> {
             files: Generations::new(board.clone()),
             board,
             pending: Pending::default(),
+            watch: Watch::default(),
             inbox: Inbox {
                 commands,
                 command_sender,
@@ -144,6 +150,7 @@ impl<P: Platform> Supervisor<P> {
             next_instance: 0,
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::StartingUp,
+            given_up: Vec::new(),
             #[cfg(test)]
             starts: Vec::new(),
         }
@@ -192,12 +199,9 @@ impl<P: Platform> Supervisor<P> {
                 .await;
             match step {
                 Ok(Flow::Continue) => {}
-                Ok(Flow::Shutdown(reply)) => {
+                Ok(Flow::Shutdown) => {
                     self.shared.set(Serving::ShuttingDown);
                     let report = self.shutdown().await;
-                    if let Some(reply) = reply {
-                        let _ = reply.send(report.clone());
-                    }
                     return Outcome::Stopped(report);
                 }
                 Err(panic) => return self.after_panic(panic).await,
@@ -227,13 +231,16 @@ impl<P: Platform> Supervisor<P> {
         self.files.sweep(&mut self.platform);
         let due = self.pending.next_due();
         let retry = self.containers.next_retry();
+        let folder_look = self.watch.next_look;
         // Biased: one fixed order, so a simulated sequence replays exactly.
+        let mut stop = self.shared.stop_requests();
         let flow = tokio::select! {
             biased;
+            () = stopped(&mut stop) => Flow::Shutdown,
             command = self.inbox.commands.recv() => match command {
                 Some(command) => self.on_command(command).await,
                 // Every handle is gone: nobody can ask any more.
-                None => Flow::Shutdown(None),
+                None => Flow::Shutdown,
             },
             Some(probe) = self.inbox.probes.recv() => {
                 self.on_probe(&probe.name, probe.instance, probe.report).await;
@@ -255,7 +262,12 @@ impl<P: Platform> Supervisor<P> {
                 self.containers.release_due_holds(Instant::now());
                 Flow::Continue
             }
+            _ = sleep_until(folder_look), if folder_look.is_some() => {
+                self.check_folder();
+                Flow::Continue
+            }
             _ = rescans.tick() => {
+                self.check_folder();
                 self.rescan(false);
                 Flow::Continue
             }
@@ -280,7 +292,6 @@ impl<P: Platform> Supervisor<P> {
             Command::Reload { reply } => {
                 let _ = reply.send(self.reload_config().await);
             }
-            Command::Shutdown { reply } => return Flow::Shutdown(Some(reply)),
             #[cfg(test)]
             Command::Inspect { reply, resume } => {
                 let _ = reply.send(self.inspect());
@@ -340,6 +351,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// Resolves once a shutdown is asked for (never, if the sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<Option<Instant>>) {
+    if stop.wait_for(Option::is_some).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

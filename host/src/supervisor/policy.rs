@@ -34,10 +34,10 @@ pub enum Exit {
 impl<P: Platform> Supervisor<P> {
     /// Starts, wave after wave, every container that should run and can.
     pub(super) async fn converge(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
         loop {
+            if self.phase != Phase::Running || self.shared.stop_requested_at().is_some() {
+                return;
+            }
             let due = self
                 .containers
                 .names_where(|c| c.is_due() && self.files.provider(&c.plugin).is_some());

@@ -15,9 +15,14 @@ impl<P: Platform> Supervisor<P> {
         self.platform.unwatch();
         self.phase = Phase::ShuttingDown;
         let budget = self.host.shutdown_timeout_ms.duration();
-        let deadline = Instant::now() + budget;
+        // The budget counts from the signal, not from when the supervisor got to it.
+        let asked = self.shared.stop_requested_at().unwrap_or_else(Instant::now);
+        let deadline = asked + budget;
         info!(budget_ms = budget.as_millis() as u64, "shutting down");
-        let mut report = ShutdownReport::default();
+        let mut report = ShutdownReport {
+            failures: std::mem::take(&mut self.given_up),
+            ..ShutdownReport::default()
+        };
         let all = self.containers.names_where(|c| c.is_live());
         for name in self.containers.stop_order(&all) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -41,6 +46,9 @@ impl<P: Platform> Supervisor<P> {
             }
         }
         self.files.sweep(&mut self.platform);
+        // What is still held now (a thread in a call given up) stays mapped: say so.
+        self.files
+            .pin_held("still in use by a thread of a call given up at shutdown");
         report.not_unloaded = self.files.not_unloaded().to_vec();
         for failure in &report.failures {
             warn!(container = %failure.container, reason = %failure.reason, "did not stop cleanly");

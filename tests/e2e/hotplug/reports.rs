@@ -149,7 +149,12 @@ fn settle_ms_holds_back_partial_files_only() {
         "[settle] truncated file reported after {:?}",
         written.elapsed()
     );
-    assert_eq!(refused_lines(&host.lines(), "libcut.so").len(), 1);
+    // The log line is read from the host's stderr by another thread: wait for it.
+    let lines = host.wait_until("the refusal's log line", STATE_TIMEOUT, |h| {
+        let lines = refused_lines(&h.lines(), "libcut.so");
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert_eq!(lines.len(), 1, "refused once: {lines:?}");
     terminate_cleanly(host);
 }
 

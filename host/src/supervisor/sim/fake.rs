@@ -178,6 +178,10 @@ impl Platform for FakePlatform {
         lock(&self.world).events = None;
     }
 
+    fn identity(&self, _dir: &Path) -> std::io::Result<(u64, u64)> {
+        Ok((0, 1))
+    }
+
     fn list(&self, _dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         Ok(lock(&self.world)
             .folder

@@ -132,11 +132,13 @@ impl Checker {
     }
 
     pub fn after_shutdown(
-        &self,
+        &mut self,
         report: &ShutdownReport,
         stops: &[String],
+        requires: BTreeMap<String, Vec<String>>,
         world: &World,
     ) -> Result<(), String> {
+        self.requires = requires;
         // Dependents stop before what they require.
         for (i, first) in stops.iter().enumerate() {
             for later in &stops[i + 1..] {

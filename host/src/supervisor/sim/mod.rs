@@ -201,22 +201,37 @@ async fn sequence(seed: u64, steps: usize, folder: &Path) -> Result<Reached, Fai
         let seen = handle.inspect().await;
         check(&mut checker, step, &log, seen)?;
     }
-    log.push("SIGTERM".into());
+    // SIGTERM, sometimes while a request is in flight (a start, a reload).
+    let last_action = script.next_action(&checker.names());
+    let in_flight = std::time::Duration::from_millis(script.pause().as_millis() as u64 % 50);
+    log.push(format!("{last_action:?} then SIGTERM after {in_flight:?}"));
+    let pending = {
+        let (handle, world, config) = (handle.clone(), world.clone(), config_path.clone());
+        tokio::spawn(async move { apply(&last_action, &handle, &world, &config).await })
+    };
+    tokio::time::sleep(in_flight).await;
     let stops_before = lock(&world).stops.len();
-    let report = handle.shutdown().await;
+    handle.begin_shutdown();
     let outcome = task.await;
+    let _ = pending.await;
     let last = steps + 1;
-    match (report, outcome) {
-        (Some(report), Ok(Outcome::Stopped(_))) => {
+    match outcome {
+        Ok(Outcome::Stopped(report)) => {
             let stops = lock(&world).stops[stops_before..].to_vec();
+            // What each container required when it was stopped: the board's last word.
+            let requires = board
+                .read()
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.requires.clone()))
+                .collect();
             checker
-                .after_shutdown(&report, &stops, &lock(&world))
+                .after_shutdown(&report, &stops, requires, &lock(&world))
                 .map_err(|why| (last, log.clone(), why))?;
             Ok(checker.reached)
         }
-        (_, Ok(Outcome::Panicked(panic))) => Err((last, log, format!("panicked: {panic}"))),
-        (_, Err(e)) => Err((last, log, format!("the task failed: {e}"))),
-        (None, _) => Err((last, log, "no shutdown report".into())),
+        Ok(Outcome::Panicked(panic)) => Err((last, log, format!("panicked: {panic}"))),
+        Err(e) => Err((last, log, format!("the task failed: {e}"))),
     }
 }
 

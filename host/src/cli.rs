@@ -26,6 +26,13 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Print a running host's events as they happen.
     Events(EventsArgs),
+    /// Internal: open and close one library in this short-lived process, so its
+    /// initializers and finalizers run here first (the host's pre-flight of new content).
+    #[command(name = "__preflight", hide = true)]
+    Preflight {
+        /// The private copy to open.
+        library: PathBuf,
+    },
 }
 
 /// Where the host's API is: a TCP address, or the owner-only Unix socket.

@@ -76,6 +76,7 @@ pub fn main() -> ExitCode {
         },
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
+        Command::Preflight { library } => loader::preflight::child(&library),
     }
 }
 
@@ -154,16 +155,22 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_UNCLEAN);
         }
     };
-    match runtime.block_on(serve(resolved)) {
-        Ok(Ending::Clean) => ExitCode::SUCCESS,
-        Ok(Ending::Unclean) => ExitCode::from(EXIT_UNCLEAN),
-        Ok(Ending::SupervisorFailed) => ExitCode::from(EXIT_SOFTWARE),
+    let code = match runtime.block_on(serve(resolved)) {
+        Ok(Ending::Clean) => 0,
+        Ok(Ending::Unclean) => EXIT_UNCLEAN,
+        Ok(Ending::SupervisorFailed) => EXIT_SOFTWARE,
         Err(e) => {
             error!("{e:#}");
             eprintln!("balut run: {e:#}");
-            ExitCode::from(EXIT_UNCLEAN)
+            EXIT_UNCLEAN
         }
-    }
+    };
+    // Threads the host gave up on (a plugin call that hangs, a close stuck in a finalizer)
+    // are not waited for, and the C library's exit path, which runs the finalizers of every
+    // library still loaded under the loader's lock, is skipped: a stuck plugin must not keep
+    // the host from exiting. Everything of the host's own is done by now.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    exit::immediately(code)
 }
 
 /// How the host ended.
@@ -230,8 +237,19 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let board = Board::default();
     let plugin_dir = settings.plugin_dir.clone();
     let host = &settings.config.host;
-    let platform = Real::new(host.copy_dir.as_deref(), host.load_timeout_ms.duration())
-        .context("creating the private copy folder")?;
+    let preflight = match loader::preflight::own_executable() {
+        Ok(exe) => Some(exe),
+        Err(e) => {
+            warn!(error = %e, "cannot find balut's own executable; new plugin files are opened without a pre-flight");
+            None
+        }
+    };
+    let platform = Real::new(
+        host.copy_dir.as_deref(),
+        host.load_timeout_ms.duration(),
+        preflight,
+    )
+    .context("creating the private copy folder")?;
     let private_dir = platform.private_dir().to_owned();
     let supervisor = Supervisor::new(settings, board.clone(), platform, fastrand::u64(..));
     let handle = supervisor.handle();

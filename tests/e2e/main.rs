@@ -22,6 +22,7 @@ mod signals;
 mod soak;
 mod status;
 mod supervise;
+mod traps;
 mod trust;
 mod unix;
 mod unload;

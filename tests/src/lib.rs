@@ -47,6 +47,7 @@ pub const PACKAGES: &[&str] = &[
     "balut-fixture-layout-mismatch",
     "balut-fixture-broken-start",
     "balut-fixture-needs-db",
+    "balut-fixture-traps",
 ];
 
 /// A library built by [`build()`].
@@ -71,11 +72,14 @@ pub enum Lib {
     BrokenStart,
     /// Plugin `needs-db`, whose instances require a container named `db` by default.
     NeedsDb,
+    /// Plugin `traps`, whose library initializer or finalizer hangs, crashes or exits as
+    /// the host's `BALUT_TRAP` environment variable says.
+    Traps,
 }
 
 impl Lib {
     /// Every library, in a fixed order.
-    pub const ALL: [Lib; 9] = [
+    pub const ALL: [Lib; 10] = [
         Lib::HttpEcho,
         Lib::Ticker,
         Lib::Chaos,
@@ -85,6 +89,7 @@ impl Lib {
         Lib::LayoutMismatch,
         Lib::BrokenStart,
         Lib::NeedsDb,
+        Lib::Traps,
     ];
 
     /// The file name cargo gives the library.
@@ -99,6 +104,7 @@ impl Lib {
             Lib::LayoutMismatch => "libfixture_layout_mismatch.so",
             Lib::BrokenStart => "libfixture_broken_start.so",
             Lib::NeedsDb => "libfixture_needs_db.so",
+            Lib::Traps => "libfixture_traps.so",
         }
     }
 }

@@ -17,9 +17,10 @@ mod check;
 pub(crate) mod elf;
 mod layout;
 mod maps;
+pub mod preflight;
 mod worker;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -129,6 +130,12 @@ pub enum LoadError {
         plugin: String,
         detail: String,
     },
+    #[error("{file}: plugin `{plugin}` refused: {detail}")]
+    Preflight {
+        file: PathBuf,
+        plugin: String,
+        detail: String,
+    },
     #[error("{file}: plugin `{plugin}` did not finish loading within {timeout:?}")]
     Timeout {
         file: PathBuf,
@@ -152,6 +159,7 @@ impl LoadError {
             Self::LayoutMismatch { .. } => "layout_mismatch",
             Self::Open { .. } => "open_failed",
             Self::Timeout { .. } => "load_timeout",
+            Self::Preflight { .. } => "initializer_failed",
         }
     }
 
@@ -161,6 +169,7 @@ impl LoadError {
             Self::InterfaceMismatch { plugin, .. }
             | Self::LayoutMismatch { plugin, .. }
             | Self::Open { plugin, .. }
+            | Self::Preflight { plugin, .. }
             | Self::Timeout { plugin, .. } => Some(plugin),
             _ => None,
         }
@@ -291,6 +300,10 @@ pub struct Loader {
     private_dir: tempfile::TempDir,
     generations: HashMap<PathBuf, u64>,
     load_timeout: Duration,
+    /// The executable that runs pre-flights (`preflight.rs`), when they are on.
+    preflight: Option<PathBuf>,
+    /// Contents (hashes) whose pre-flight passed.
+    cleared: HashSet<String>,
 }
 
 impl Loader {
@@ -307,7 +320,16 @@ impl Loader {
             private_dir,
             generations: HashMap::new(),
             load_timeout,
+            preflight: None,
+            cleared: HashSet::new(),
         })
+    }
+
+    /// Runs a pre-flight of each new content with `exe` (the `balut` binary) before
+    /// opening it in this process.
+    pub fn with_preflight(mut self, exe: PathBuf) -> Self {
+        self.preflight = Some(exe);
+        self
     }
 
     /// The folder holding private copies.
@@ -363,6 +385,28 @@ impl Loader {
             .path()
             .join(format!("{stem}-g{generation}-{}.so", &sha256[..12]));
         write_private_copy(&copy, bytes).map_err(io_error)?;
+
+        if let Some(exe) = &self.preflight {
+            if !self.cleared.contains(&sha256) {
+                if let Err(failure) = preflight::run(exe, &copy, self.load_timeout).await {
+                    let _ = std::fs::remove_file(&copy);
+                    let (file, plugin) = (file.to_owned(), info.name);
+                    return Err(match failure {
+                        preflight::Failure::Open(detail) => LoadError::Open {
+                            file,
+                            plugin,
+                            detail,
+                        },
+                        preflight::Failure::Trap(detail) => LoadError::Preflight {
+                            file,
+                            plugin,
+                            detail,
+                        },
+                    });
+                }
+                self.cleared.insert(sha256.clone());
+            }
+        }
 
         match open_on_own_thread(copy.clone(), self.load_timeout).await {
             Ok((handle, module)) => Ok(Arc::new(Library {

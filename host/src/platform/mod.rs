@@ -93,6 +93,14 @@ pub struct Content {
     pub stamp: Stamp,
 }
 
+/// A generation's close, reported by the thread that did it.
+#[derive(Debug)]
+pub struct Unloaded {
+    pub facts: LibraryFacts,
+    pub report: UnloadReport,
+    pub took: Duration,
+}
+
 /// One loaded generation of a plugin file: the facts of it the supervisor uses.
 pub trait Generation: Send + Sync + 'static {
     fn facts(&self) -> &LibraryFacts;
@@ -181,8 +189,14 @@ pub trait Platform: Send + 'static {
         path: &Path,
         content: &Content,
     ) -> impl Future<Output = Result<Arc<Self::Library>, LoadError>> + Send;
-    /// Closes a generation nothing else holds; gives it back if something still does.
-    fn unload(&mut self, library: Arc<Self::Library>) -> Result<UnloadReport, Arc<Self::Library>>;
+    /// Closes a generation nothing else holds, on a thread of its own (its finalizers run
+    /// then and may hang); the outcome is sent on `done`. Gives the generation back if
+    /// something still holds it.
+    fn unload(
+        &mut self,
+        library: Arc<Self::Library>,
+        done: UnboundedSender<Unloaded>,
+    ) -> Result<(), Arc<Self::Library>>;
     /// Asks the plugin whether its config type accepts `config_json`, constructing nothing.
     fn check_config(
         &self,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Calls, Content, Generation, LookRules, Observation, Platform, Stamp};
+use super::{Calls, Content, Generation, LookRules, Observation, Platform, Stamp, Unloaded};
 use crate::loader::{
     self, CallError, ConfigCheck, HealthReport, Library, LibraryFacts, LoadError, Loader,
     UnloadReport, Worker,
@@ -22,9 +22,19 @@ pub struct Real {
 
 impl Real {
     /// Creates the private copy folder (under `copy_dir`, or the system's temp folder).
-    pub fn new(copy_dir: Option<&Path>, load_timeout: Duration) -> std::io::Result<Self> {
+    /// With `preflight`, each new content is first opened and closed in a child process
+    /// running this executable (`loader::preflight`).
+    pub fn new(
+        copy_dir: Option<&Path>,
+        load_timeout: Duration,
+        preflight: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        let loader = Loader::new(copy_dir, load_timeout)?;
         Ok(Self {
-            loader: Loader::new(copy_dir, load_timeout)?,
+            loader: match preflight {
+                Some(exe) => loader.with_preflight(exe),
+                None => loader,
+            },
             watcher: None,
         })
     }
@@ -120,8 +130,39 @@ impl Platform for Real {
             .await
     }
 
-    fn unload(&mut self, library: Arc<Library>) -> Result<UnloadReport, Arc<Library>> {
-        library.unload()
+    fn unload(
+        &mut self,
+        library: Arc<Library>,
+        done: UnboundedSender<Unloaded>,
+    ) -> Result<(), Arc<Library>> {
+        if Arc::strong_count(&library) != 1 {
+            return Err(library);
+        }
+        let facts = library.facts.clone();
+        let close = move || {
+            let began = std::time::Instant::now();
+            let report = match library.unload() {
+                Ok(report) => report,
+                // Unreachable: this thread holds the only handle. Never closed, then.
+                Err(_held) => UnloadReport {
+                    still_mapped: true,
+                    errors: vec!["still referenced when closing".to_owned()],
+                },
+            };
+            let _ = done.send(Unloaded {
+                facts,
+                report,
+                took: began.elapsed(),
+            });
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("balut-unload".into())
+            .spawn(close)
+        {
+            // The closure, with the library, is dropped unrun: it is never closed.
+            tracing::warn!(error = %e, "cannot spawn a thread to close a library; it stays loaded");
+        }
+        Ok(())
     }
 
     async fn check_config(

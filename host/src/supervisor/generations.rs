@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
+use super::closing::{Closing, Verdict};
 use crate::events::EventKind;
 use crate::model::{FileState, NotUnloaded, PluginStatus, rfc3339};
-use crate::platform::{Content, Generation, Platform, Problem, Stamp};
+use crate::platform::{Content, Generation, Platform, Problem, Stamp, Unloaded};
 use crate::status::Board;
 
 /// The file name of a path, for logs and the API.
@@ -80,16 +81,19 @@ pub struct Generations<L> {
     providers: BTreeMap<String, PathBuf>,
     retired: Vec<Arc<L>>,
     not_unloaded: Vec<NotUnloaded>,
+    closing: Closing,
     board: Board,
 }
 
 impl<L: Generation> Generations<L> {
-    pub fn new(board: Board) -> Self {
+    /// `closing` tracks the closes of generations, which run on threads of their own.
+    pub fn new(board: Board, closing: Closing) -> Self {
         Self {
             files: BTreeMap::new(),
             providers: BTreeMap::new(),
             retired: Vec::new(),
             not_unloaded: Vec::new(),
+            closing,
             board,
         }
     }
@@ -387,50 +391,46 @@ impl<L: Generation> Generations<L> {
     }
 
     fn unload<P: Platform<Library = L>>(&mut self, platform: &mut P, library: Arc<L>) {
-        let file = file_name(library.file());
-        let generation = library.generation();
-        let copy = library.copy().display().to_string();
-        let plugin = library.info().name.clone();
-        let began = std::time::Instant::now();
-        let report = match platform.unload(library) {
-            Ok(report) => report,
-            Err(held) => {
-                // Only reached if something outside this module holds it: keep it visible.
-                self.retired.push(held);
-                return;
+        let facts = library.facts().clone();
+        match platform.unload(library, self.closing.reports()) {
+            Ok(()) => self.closing.started(facts),
+            // Only if something outside this module holds it: keep it in sight.
+            Err(held) => self.retired.push(held),
+        }
+    }
+
+    /// A close reported back from its thread.
+    pub fn closed(&mut self, closed: Unloaded) {
+        match self.closing.finished(closed) {
+            Verdict::Unloaded => {}
+            Verdict::StaysMapped(entry) => {
+                self.not_unloaded.push(entry);
+                self.board.put_not_unloaded(&self.not_unloaded);
             }
-        };
-        for problem in &report.errors {
-            warn!(file, generation, problem = %problem, "while unloading");
+            Verdict::LateButGone { file, generation } => {
+                self.not_unloaded
+                    .retain(|n| !(n.file == file && n.generation == generation));
+                self.board.put_not_unloaded(&self.not_unloaded);
+            }
         }
-        self.board.events.publish(EventKind::Unloaded {
-            file: file.clone(),
-            generation,
-            mapped: report.still_mapped,
-        });
-        self.board.metrics.unloaded(began.elapsed());
-        if report.still_mapped {
-            let reason =
-                "still mapped after dlclose (a plugin thread or thread-local keeps it alive)";
-            warn!(
-                file,
-                generation,
-                copy,
-                mapped = true,
-                reason,
-                "library still mapped"
-            );
-            self.not_unloaded.push(NotUnloaded {
-                file,
-                plugin,
-                generation,
-                copy,
-                reason: reason.into(),
-            });
+    }
+
+    /// Lists the closes overdue at `now` as not unloaded.
+    pub fn close_overdue(&mut self, now: tokio::time::Instant) {
+        let overdue = self.closing.overdue(now);
+        if !overdue.is_empty() {
+            self.not_unloaded.extend(overdue);
             self.board.put_not_unloaded(&self.not_unloaded);
-        } else {
-            info!(file, generation, copy, mapped = false, "library unloaded");
         }
+    }
+
+    /// When the first close in flight is overdue.
+    pub fn next_close_due(&self) -> Option<tokio::time::Instant> {
+        self.closing.next_deadline()
+    }
+
+    pub fn closing_done(&self) -> bool {
+        self.closing.is_empty()
     }
 }
 

@@ -19,6 +19,7 @@
 //! - `handle.rs`: the commands and the handle.
 
 mod admission;
+mod closing;
 mod folder;
 mod generations;
 mod handle;
@@ -47,11 +48,12 @@ use tracing::error;
 
 use crate::config::{Config, HostConfig};
 use crate::model::{ContainerStatus, State};
-use crate::platform::{LookRules, Platform};
+use crate::platform::{LookRules, Platform, Unloaded};
 use crate::services::NoticeFrom;
 use crate::status::Board;
 use crate::watcher::FolderEvent;
 
+use closing::Closing;
 use folder::{Pending, Watch};
 use generations::Generations;
 use handle::{Command, ProbeMessage, Serving, Shared, StopFailure};
@@ -88,6 +90,8 @@ struct Inbox {
     probe_sender: mpsc::Sender<ProbeMessage>,
     notices: mpsc::UnboundedReceiver<NoticeFrom>,
     notice_sender: mpsc::UnboundedSender<NoticeFrom>,
+    /// Closes of generations, reported by the threads that ran them.
+    closes: mpsc::UnboundedReceiver<Unloaded>,
 }
 
 /// What one turn of the loop asks for next.
@@ -127,12 +131,14 @@ impl<P: Platform> Supervisor<P> {
         let (folder_sender, folder) = mpsc::unbounded_channel();
         let (probe_sender, probes) = mpsc::channel(64);
         let (notice_sender, notices) = mpsc::unbounded_channel();
+        let (close_sender, closes) = mpsc::unbounded_channel();
+        let closing = Closing::new(board.clone(), close_sender, host.load_timeout_ms.duration());
         Self {
             settings,
             host,
             platform,
             containers: Containers::new(board.clone()),
-            files: Generations::new(board.clone()),
+            files: Generations::new(board.clone(), closing),
             board,
             pending: Pending::default(),
             watch: Watch::default(),
@@ -145,6 +151,7 @@ impl<P: Platform> Supervisor<P> {
                 probe_sender,
                 notices,
                 notice_sender,
+                closes,
             },
             shared: Arc::default(),
             next_instance: 0,
@@ -232,11 +239,16 @@ impl<P: Platform> Supervisor<P> {
         let due = self.pending.next_due();
         let retry = self.containers.next_retry();
         let folder_look = self.watch.next_look;
+        let close_due = self.files.next_close_due();
         // Biased: one fixed order, so a simulated sequence replays exactly.
         let mut stop = self.shared.stop_requests();
         let flow = tokio::select! {
             biased;
             () = stopped(&mut stop) => Flow::Shutdown,
+            Some(closed) = self.inbox.closes.recv() => {
+                self.files.closed(closed);
+                Flow::Continue
+            }
             command = self.inbox.commands.recv() => match command {
                 Some(command) => self.on_command(command).await,
                 // Every handle is gone: nobody can ask any more.
@@ -260,6 +272,10 @@ impl<P: Platform> Supervisor<P> {
             }
             _ = sleep_until(retry), if retry.is_some() => {
                 self.containers.release_due_holds(Instant::now());
+                Flow::Continue
+            }
+            _ = sleep_until(close_due), if close_due.is_some() => {
+                self.files.close_overdue(Instant::now());
                 Flow::Continue
             }
             _ = sleep_until(folder_look), if folder_look.is_some() => {

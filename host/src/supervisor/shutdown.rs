@@ -46,6 +46,7 @@ impl<P: Platform> Supervisor<P> {
             }
         }
         self.files.sweep(&mut self.platform);
+        self.wait_for_closes(deadline).await;
         // What is still held now (a thread in a call given up) stays mapped: say so.
         self.files
             .pin_held("still in use by a thread of a call given up at shutdown");
@@ -54,6 +55,32 @@ impl<P: Platform> Supervisor<P> {
             warn!(container = %failure.container, reason = %failure.reason, "did not stop cleanly");
         }
         report
+    }
+
+    /// Waits for the closes in flight to report, each until its own timeout, all until the
+    /// end of the shutdown budget; what is still closing then is listed as not unloaded.
+    async fn wait_for_closes(&mut self, deadline: Instant) {
+        while !self.files.closing_done() {
+            let due = self
+                .files
+                .next_close_due()
+                .map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                closed = self.inbox.closes.recv() => match closed {
+                    Some(closed) => self.files.closed(closed),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(due) => {
+                    // At the end of the budget every close still in flight counts as overdue.
+                    let as_of = if due >= deadline {
+                        Instant::now() + Duration::from_secs(24 * 3600)
+                    } else {
+                        Instant::now()
+                    };
+                    self.files.close_overdue(as_of);
+                }
+            }
+        }
     }
 
     /// A container whose turn came after the budget was used up is not called at all: a

@@ -18,7 +18,7 @@ use crate::loader::{
     UnloadReport,
 };
 use crate::platform::{
-    Calls, Content, Generation, LookRules, Observation, Platform, Stamp, is_candidate,
+    Calls, Content, Generation, LookRules, Observation, Platform, Stamp, Unloaded, is_candidate,
 };
 use crate::services::HostServices;
 use crate::watcher::FolderEvent;
@@ -267,17 +267,26 @@ impl Platform for FakePlatform {
         Ok(Arc::new(library))
     }
 
-    fn unload(&mut self, library: Arc<FakeLibrary>) -> Result<UnloadReport, Arc<FakeLibrary>> {
+    fn unload(
+        &mut self,
+        library: Arc<FakeLibrary>,
+        done: UnboundedSender<Unloaded>,
+    ) -> Result<(), Arc<FakeLibrary>> {
         let library = Arc::try_unwrap(library)?;
         let still_mapped = library.recipe.stays_mapped;
         lock(&self.world).unloads.push(key(&library));
         if !still_mapped {
             lock(&self.world).in_memory.remove(&key(&library));
         }
-        Ok(UnloadReport {
-            still_mapped,
-            errors: Vec::new(),
-        })
+        let _ = done.send(Unloaded {
+            facts: library.facts.clone(),
+            report: UnloadReport {
+                still_mapped,
+                errors: Vec::new(),
+            },
+            took: Duration::ZERO,
+        });
+        Ok(())
     }
 
     async fn check_config(

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod client;
 pub mod config;
+mod crash;
 mod events;
 mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -42,8 +43,8 @@ use crate::status::Board;
 use crate::supervisor::{Outcome, Settings, Supervisor};
 
 /// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,
-/// 2 bad usage or config, 70 the supervisor failed (a bug in balut; sysexits' EX_SOFTWARE),
-/// 130 forced by a second signal.
+/// 2 bad usage or config, 70 the supervisor failed (a bug in balut; sysexits' EX_SOFTWARE)
+/// or plugin code called `exit()` (`crash/`), 130 forced by a second signal.
 const EXIT_UNCLEAN: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_SOFTWARE: u8 = 70;
@@ -64,7 +65,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_UNCLEAN)
         }
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => match client::status(&args) {
             Ok(true) => ExitCode::SUCCESS,
@@ -77,7 +78,9 @@ pub fn main() -> ExitCode {
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
         Command::Preflight { library } => loader::preflight::child(&library),
-    }
+    };
+    crash::exiting_on_purpose();
+    code
 }
 
 /// Config and folder, resolved from the command line and the config file.
@@ -138,6 +141,10 @@ fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    // Before any plugin code runs: a crash or an exit() in it names its container.
+    if let Err(e) = crash::install(EXIT_SOFTWARE) {
+        warn!(error = %e, "a crash in plugin code will not name its container");
+    }
     let resolved = match settings(&args) {
         Ok(resolved) => resolved,
         Err(e) => {
@@ -145,6 +152,12 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let copy_dir = resolved.settings.config.host.copy_dir.as_deref();
+    if let Err(e) = loader::check_copy_dir(copy_dir) {
+        eprintln!("balut run: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    loader::remove_stale(copy_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -382,6 +395,7 @@ fn bind_unix_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixLi
 /// The second signal: exit at once, whatever the supervisor or any plugin thread is doing.
 fn force_exit(private_dir: &std::path::Path) -> ! {
     warn!("second signal: exiting now");
+    crash::exiting_on_purpose();
     let _ = std::fs::remove_dir_all(private_dir);
     exit::immediately(EXIT_FORCED)
 }

@@ -8,6 +8,7 @@ mod chaos;
 mod churn_model;
 mod config;
 mod control;
+mod crash;
 mod evolution;
 mod faults;
 mod fixtures;

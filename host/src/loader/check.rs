@@ -13,6 +13,7 @@ use abi_stable::std_types::RStr;
 use tokio::sync::oneshot;
 
 use super::{CallError, Library};
+use crate::crash;
 
 /// What a plugin says of a config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +49,16 @@ pub async fn check_config(
     };
     let config_json = config_json.to_owned();
     let held = Arc::clone(library);
+    let file_name = library.facts.file.file_name().map_or_else(
+        || library.facts.file.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let generation = library.facts.generation;
     let (tx, rx) = oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("balut-check".into())
         .spawn(move || {
+            let _named = crash::name_this_thread(crash::Role::Check, &file_name, generation);
             let outcome = match check(RStr::from_str(&config_json)).into_result() {
                 Ok(()) => ConfigCheck::Accepted,
                 // Converted here: the plugin's strings are freed on this thread.

@@ -1,9 +1,11 @@
-//! Loading and unloading plugin libraries. All of the host's `unsafe` lives in this module.
+//! Loading and unloading plugin libraries. All of the host's `unsafe` lives in this module,
+//! but for the crash and exit hooks (`crash/`).
 //!
 //! A load ([`Loader::load_bytes`], or [`Loader::load_hashed`] with the content hash already
 //! known) takes the plugin file's bytes, read once by the caller, checks them (the ELF
 //! checks of `loader/elf.rs`), gates on the declared interface version, writes them to a
-//! private copy with a unique name per generation, and opens the copy on a thread that is
+//! private copy with a unique name per generation (in the host's private copy folder,
+//! `private_dir.rs`), and opens the copy on a thread that is
 //! joined before the load returns. Every
 //! later call into the library runs on a [`Worker`] thread the host owns for one container,
 //! except a config check ([`check_config`], interface 1.2), which runs on a short-lived
@@ -15,15 +17,15 @@
 
 mod check;
 pub(crate) mod elf;
+mod error;
 mod layout;
 mod maps;
 pub mod preflight;
+mod private_dir;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -35,7 +37,10 @@ use sha2::{Digest, Sha256};
 
 pub use check::{ConfigCheck, check_config};
 pub use elf::ElfProblem;
+pub use error::LoadError;
 use layout::check_layout;
+use private_dir::PrivateDir;
+pub use private_dir::{CopyDirError, check_copy_dir, remove_stale};
 pub use worker::{CallError, HealthReport, Worker};
 
 /// A plugin interface version, `major.minor`.
@@ -84,109 +89,6 @@ impl From<&PluginDeclaration> for PluginInfo {
                 major: decl.interface_major,
                 minor: decl.interface_minor,
             },
-        }
-    }
-}
-
-/// Why a plugin file could not be loaded. Each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{file}: cannot read: {source}")]
-    Io {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{file}: not an ELF file{}", if *empty { " (the file is empty)" } else { "" })]
-    NotElf { file: PathBuf, empty: bool },
-    #[error("{file}: truncated or corrupt ELF: {detail}")]
-    Truncated { file: PathBuf, detail: String },
-    #[error("{file}: wrong architecture: {detail}")]
-    WrongArchitecture { file: PathBuf, detail: String },
-    #[error("{file}: not a shared library but {what}")]
-    NotSharedObject { file: PathBuf, what: String },
-    #[error("{file}: missing export `{symbol}`: not a Balut plugin")]
-    MissingExport { file: PathBuf, symbol: &'static str },
-    #[error("{file}: bad plugin declaration: {detail}")]
-    BadDeclaration { file: PathBuf, detail: String },
-    #[error(
-        "{file}: plugin `{plugin}` is built for plugin interface {plugin_interface}, \
-         this host supports {host_interface} (same major, minor up to the host's)"
-    )]
-    InterfaceMismatch {
-        file: PathBuf,
-        plugin: String,
-        plugin_interface: InterfaceVersion,
-        host_interface: InterfaceVersion,
-    },
-    #[error("{file}: plugin `{plugin}` failed abi_stable's layout check: {detail}")]
-    LayoutMismatch {
-        file: PathBuf,
-        plugin: String,
-        detail: String,
-    },
-    #[error("{file}: plugin `{plugin}` could not be opened: {detail}")]
-    Open {
-        file: PathBuf,
-        plugin: String,
-        detail: String,
-    },
-    #[error("{file}: plugin `{plugin}` refused: {detail}")]
-    Preflight {
-        file: PathBuf,
-        plugin: String,
-        detail: String,
-    },
-    #[error("{file}: plugin `{plugin}` did not finish loading within {timeout:?}")]
-    Timeout {
-        file: PathBuf,
-        plugin: String,
-        timeout: Duration,
-    },
-}
-
-impl LoadError {
-    /// A stable, lowercase name for the kind of error, as the HTTP API reports it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Io { .. } => "io",
-            Self::NotElf { .. } => "not_elf",
-            Self::Truncated { .. } => "truncated",
-            Self::WrongArchitecture { .. } => "wrong_architecture",
-            Self::NotSharedObject { .. } => "not_shared_object",
-            Self::MissingExport { .. } => "missing_export",
-            Self::BadDeclaration { .. } => "bad_declaration",
-            Self::InterfaceMismatch { .. } => "interface_mismatch",
-            Self::LayoutMismatch { .. } => "layout_mismatch",
-            Self::Open { .. } => "open_failed",
-            Self::Timeout { .. } => "load_timeout",
-            Self::Preflight { .. } => "initializer_failed",
-        }
-    }
-
-    /// The plugin's declared name, when the file got far enough to tell it.
-    pub fn plugin(&self) -> Option<&str> {
-        match self {
-            Self::InterfaceMismatch { plugin, .. }
-            | Self::LayoutMismatch { plugin, .. }
-            | Self::Open { plugin, .. }
-            | Self::Preflight { plugin, .. }
-            | Self::Timeout { plugin, .. } => Some(plugin),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn from_elf(file: &Path, bytes: &[u8], problem: ElfProblem) -> Self {
-        let file = file.to_owned();
-        match problem {
-            ElfProblem::NotElf => Self::NotElf {
-                file,
-                empty: bytes.is_empty(),
-            },
-            ElfProblem::Truncated(detail) => Self::Truncated { file, detail },
-            ElfProblem::WrongArchitecture(detail) => Self::WrongArchitecture { file, detail },
-            ElfProblem::NotSharedObject(what) => Self::NotSharedObject { file, what },
-            ElfProblem::MissingExport(symbol) => Self::MissingExport { file, symbol },
-            ElfProblem::BadDeclaration(detail) => Self::BadDeclaration { file, detail },
         }
     }
 }
@@ -297,7 +199,7 @@ impl Drop for Library {
 
 /// Opens plugin files as new generations from private copies.
 pub struct Loader {
-    private_dir: tempfile::TempDir,
+    private_dir: PrivateDir,
     generations: HashMap<PathBuf, u64>,
     load_timeout: Duration,
     /// The executable that runs pre-flights (`preflight.rs`), when they are on.
@@ -307,17 +209,11 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Creates the private folder (mode 0700) for copies under `parent` or the system's
-    /// temporary folder.
+    /// Creates the private folder (`balut-<pid>-XXXXXX`, mode 0700, locked while this
+    /// loader lives) for copies under `parent` or the system's temporary folder.
     pub fn new(parent: Option<&Path>, load_timeout: Duration) -> std::io::Result<Self> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("balut-");
-        let private_dir = match parent {
-            Some(parent) => builder.tempdir_in(parent)?,
-            None => builder.tempdir()?,
-        };
         Ok(Self {
-            private_dir,
+            private_dir: PrivateDir::create(parent)?,
             generations: HashMap::new(),
             load_timeout,
             preflight: None,
@@ -357,10 +253,6 @@ impl Loader {
         sha256: String,
     ) -> Result<Arc<Library>, LoadError> {
         debug_assert_eq!(sha256, content_hash(bytes), "the hash of other bytes");
-        let io_error = |source| LoadError::Io {
-            file: file.to_owned(),
-            source,
-        };
         let decl = elf::inspect(bytes).map_err(|p| LoadError::from_elf(file, bytes, p))?;
         let info = PluginInfo::from(&decl);
         if !info.interface.loadable_by_host() {
@@ -384,7 +276,11 @@ impl Loader {
             .private_dir
             .path()
             .join(format!("{stem}-g{generation}-{}.so", &sha256[..12]));
-        write_private_copy(&copy, bytes).map_err(io_error)?;
+        private_dir::write_copy(&copy, bytes).map_err(|source| LoadError::Copy {
+            file: file.to_owned(),
+            copy_dir: self.private_dir().to_owned(),
+            source,
+        })?;
 
         if let Some(exe) = &self.preflight {
             if !self.cleared.contains(&sha256) {
@@ -408,7 +304,11 @@ impl Loader {
             }
         }
 
-        match open_on_own_thread(copy.clone(), self.load_timeout).await {
+        let file_name = file.file_name().map_or_else(
+            || file.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        match open_on_own_thread(copy.clone(), file_name, generation, self.load_timeout).await {
             Ok((handle, module)) => Ok(Arc::new(Library {
                 facts: LibraryFacts {
                     info,
@@ -453,19 +353,6 @@ impl Loader {
     }
 }
 
-fn write_private_copy(copy: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // `create_new`: a fresh inode under a name never used before, never a link to the
-    // watched file, so glibc cannot hand back an old mapping of it.
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o400)
-        .open(copy)?;
-    // No fsync: the copy only has to outlive this process, and dlopen reads it through
-    // the page cache.
-    out.write_all(bytes)
-}
-
 /// Hex SHA-256 of a file's content: the identity of a plugin version.
 pub fn content_hash(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
@@ -477,16 +364,34 @@ enum OpenFailure {
     Timeout,
 }
 
+/// An error and every cause under it, `: `-separated: libloading's "dlopen failed" says
+/// why (dlerror's text, such as a `noexec` mount's "failed to map segment") only there.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
 /// Opens the copy and runs abi_stable's checks on a thread joined before returning, so any
 /// thread-local the plugin's initialisation touches dies with that thread.
 async fn open_on_own_thread(
     copy: PathBuf,
+    file_name: String,
+    generation: u64,
     timeout: Duration,
 ) -> Result<(libloading::Library, PluginModRef), OpenFailure> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("balut-load".into())
         .spawn(move || {
+            // The file's initializers run here: a crash or an exit in them is named.
+            let _named =
+                crate::crash::name_this_thread(crate::crash::Role::Load, &file_name, generation);
             let _ = tx.send(open_and_check(&copy));
         })
         .map_err(|e| OpenFailure::Other(format!("spawning the load thread: {e}")))?;
@@ -505,8 +410,8 @@ fn open_and_check(copy: &Path) -> Result<(libloading::Library, PluginModRef), Op
     // SAFETY: the file is a private copy that `elf::inspect` showed to be a whole ELF shared
     // object for this machine exporting a Balut declaration with a compatible interface
     // version. Its initialisers run here, on a thread that is joined right after.
-    let handle =
-        unsafe { libloading::Library::new(copy) }.map_err(|e| OpenFailure::Other(e.to_string()))?;
+    let handle = unsafe { libloading::Library::new(copy) }
+        .map_err(|e| OpenFailure::Other(with_causes(&e)))?;
     let header_name = abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes();
     // SAFETY: the symbol is abi_stable's exported `LibHeader` static; abi_stable's own loader
     // reads it the same way (`abi_header_from_raw_library`): the symbol's address is the
@@ -515,7 +420,7 @@ fn open_and_check(copy: &Path) -> Result<(libloading::Library, PluginModRef), Op
         unsafe { handle.get::<AbiHeaderRef>(header_name) }.map(|s| *s);
     let header = match header {
         Ok(header) => header,
-        Err(e) => return Err(OpenFailure::Other(e.to_string())),
+        Err(e) => return Err(OpenFailure::Other(with_causes(&e))),
     };
     let lib_header = header
         .upgrade()

@@ -17,6 +17,7 @@ use balut_plugin_api::ffi::{FfiContainerBox, FfiError, FfiErrorKind, FfiHealthSt
 use tokio::sync::oneshot;
 
 use super::Library;
+use crate::crash;
 
 /// Why a call into a container did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,9 +84,13 @@ impl Worker {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (exited_tx, exited) = oneshot::channel();
         let held = library.clone();
+        let (container, generation) = (name.to_owned(), library.facts.generation);
         let thread = std::thread::Builder::new()
             .name(format!("balut:{name}"))
             .spawn(move || {
+                // A crash or an `exit()` in the container's code names it.
+                let _named =
+                    crash::name_this_thread(crash::Role::Container, &container, generation);
                 let mut slot: Option<FfiContainerBox> = None;
                 while let Ok(job) = queue.recv() {
                     job(&mut slot);

@@ -234,7 +234,11 @@ impl<P: Platform> Supervisor<P> {
 
     /// [`Self::refuse`] for a load error, with what it tells about the plugin.
     pub(super) fn refuse_load(&mut self, path: &Path, error: &LoadError, hash: &str) {
-        let judged = Judged::Content(hash.to_owned());
+        let judged = match error {
+            // The copy folder's fault, not the content's: the next look (a touch) tries again.
+            LoadError::Copy { .. } => Judged::Condition(format!("copy_failed:{hash}")),
+            _ => Judged::Content(hash.to_owned()),
+        };
         self.refuse(path, Problem::Load(error.kind()), error.to_string(), judged);
         self.files.show(path, |p| {
             if p.name.is_none() {

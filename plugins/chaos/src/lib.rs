@@ -27,8 +27,17 @@
 //!   (and keeps the library mapped) after the container is gone, which the host must
 //!   report as a library it could not unload.
 //! - `log_line_bytes`: `start` logs one line with a message this many bytes long.
+//!
+//! Crashes, which end the whole host process (for the host's crash reporting; each logs a
+//! warning first):
+//!
+//! - `exit_in`: calls `std::process::exit(exit_code)` there (`exit_code` defaults to 0).
+//! - `abort_in`: calls `std::process::abort()` there (SIGABRT).
+//! - `segfault_in`: writes to address 0x8, which is never mapped (SIGSEGV).
+//! - `overflow_stack_in`: recurses until the thread's stack overflows.
 
-#![forbid(unsafe_code)]
+// The one `unsafe` block is the deliberate segfault of `segfault_in`.
+#![deny(unsafe_code)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -55,6 +64,11 @@ struct Config {
     finish_after_ms: Option<u64>,
     leak_thread: bool,
     log_line_bytes: Option<usize>,
+    exit_in: Option<Call>,
+    exit_code: i32,
+    abort_in: Option<Call>,
+    segfault_in: Option<Call>,
+    overflow_stack_in: Option<Call>,
 }
 
 /// A call into the container where a fault can be injected.
@@ -263,7 +277,7 @@ fn long_line(bytes: usize) -> String {
     line
 }
 
-/// Hangs and/or panics if the config asks for it in `call`.
+/// Hangs, panics or crashes if the config asks for it in `call`.
 fn inject(ctx: &Context, config: &Config, call: Call) {
     if config.hang_in == Some(call) {
         hang(ctx, call, config.hang_ms);
@@ -272,6 +286,47 @@ fn inject(ctx: &Context, config: &Config, call: Call) {
         ctx.log(Level::Warn, "panicking", &[("in", call.name())]);
         panic!("chaos: panic in {}", call.name());
     }
+    let crash = |how: &str| ctx.log(Level::Warn, how, &[("in", call.name())]);
+    if config.exit_in == Some(call) {
+        crash("calling exit");
+        std::process::exit(config.exit_code);
+    }
+    if config.abort_in == Some(call) {
+        crash("aborting");
+        std::process::abort();
+    }
+    if config.segfault_in == Some(call) {
+        crash("segfaulting");
+        segfault();
+    }
+    if config.overflow_stack_in == Some(call) {
+        crash("overflowing the stack");
+        let depth = overflow_stack(0);
+        ctx.log(
+            Level::Error,
+            "the stack did not overflow",
+            &[("depth", &depth.to_string())],
+        );
+    }
+}
+
+/// Crashes the process with SIGSEGV, as a plugin with a memory bug would.
+#[allow(unsafe_code)]
+fn segfault() {
+    // SAFETY: none, on purpose: this deliberately crashes. Address 0x8 is in the first page,
+    // which is never mapped (below vm.mmap_min_addr), so the write faults with SIGSEGV; the
+    // volatile write cannot be optimized away.
+    unsafe { std::ptr::write_volatile(std::ptr::without_provenance_mut::<u8>(8), 1) };
+}
+
+/// Recurses with a 512-byte frame until the thread's stack overflows (it never returns in
+/// practice: `depth` cannot reach `u64::MAX`).
+fn overflow_stack(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return frame[0];
+    }
+    overflow_stack(depth + 1).wrapping_add(std::hint::black_box(frame)[1])
 }
 
 /// Blocks for `hang_ms`, or forever. Sleeps in short steps, like a busy call would.
@@ -386,6 +441,31 @@ mod tests {
         assert_eq!(config.report_failure_every_ms, Some(100));
         assert!(config.leak_thread);
         assert_eq!(config.log_line_bytes, Some(10));
+    }
+
+    #[test]
+    fn parses_the_crashes() {
+        let config = parse(
+            r#"{"exit_in": "start", "exit_code": 3, "abort_in": "stop", "segfault_in": "health",
+                "overflow_stack_in": "drop"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.exit_in, Some(Call::Start));
+        assert_eq!(config.exit_code, 3);
+        assert_eq!(config.abort_in, Some(Call::Stop));
+        assert_eq!(config.segfault_in, Some(Call::Health));
+        assert_eq!(config.overflow_stack_in, Some(Call::Drop));
+        let none = parse("{}").unwrap();
+        assert_eq!(
+            (
+                none.exit_in,
+                none.exit_code,
+                none.abort_in,
+                none.segfault_in
+            ),
+            (None, 0, None, None)
+        );
+        assert!(parse(r#"{"segfault_in": "later"}"#).is_err());
     }
 
     #[test]

@@ -366,7 +366,7 @@ enum OpenFailure {
 
 /// An error and every cause under it, `: `-separated: libloading's "dlopen failed" says
 /// why (dlerror's text, such as a `noexec` mount's "failed to map segment") only there.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {

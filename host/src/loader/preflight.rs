@@ -40,12 +40,12 @@ pub fn child(library: &Path) -> ExitCode {
         Ok(handle) => match handle.close() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("dlclose: {e}");
+                eprintln!("{}", super::with_causes(&e));
                 ExitCode::from(CLOSE_FAILED)
             }
         },
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", super::with_causes(&e));
             ExitCode::from(OPEN_FAILED)
         }
     }

@@ -75,6 +75,7 @@ pub struct HostConfig {
     pub shutdown_timeout_ms: Millis,
     pub health_interval_ms: Millis,
     pub health_timeout_ms: Millis,
+    /// Opening a library, its pre-flight in a child process, and closing it.
     pub load_timeout_ms: Millis,
     /// How long a plugin file that is not yet a whole library must stay unchanged before
     /// it is reported as broken (a writer may still be at it).

@@ -158,3 +158,70 @@ impl Closing {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::loader::{InterfaceVersion, PluginInfo, UnloadReport};
+
+    fn facts(generation: u64) -> LibraryFacts {
+        LibraryFacts {
+            info: PluginInfo {
+                name: "traps".into(),
+                version: "0.1.0".into(),
+                interface: InterfaceVersion::HOST,
+            },
+            file: PathBuf::from("/p/traps.so"),
+            copy: PathBuf::from(format!("/private/traps-g{generation}.so")),
+            generation,
+            sha256: "ab".repeat(32),
+            loaded_at: SystemTime::UNIX_EPOCH,
+            default_requires: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_does_not_report_in_time_is_listed_and_a_late_one_taken_off() {
+        let (done, _reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut closing = Closing::new(Board::default(), done, Duration::from_secs(2));
+        closing.started(facts(1));
+        closing.started(facts(2));
+        let due = closing.next_deadline().expect("two closes in flight");
+        assert!(closing.overdue(due - Duration::from_millis(1)).is_empty());
+        // Generation 2 reports in time; generation 1 hangs in a finalizer.
+        let on_time = Unloaded {
+            facts: facts(2),
+            report: UnloadReport {
+                still_mapped: false,
+                errors: Vec::new(),
+            },
+            took: Duration::from_millis(3),
+        };
+        assert!(matches!(closing.finished(on_time), Verdict::Unloaded));
+        let overdue = closing.overdue(due);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].generation, 1);
+        assert!(
+            overdue[0]
+                .reason
+                .contains("dlclose did not return within 2000 ms")
+        );
+        assert!(closing.is_empty());
+        // If it ends after all, it comes off the list.
+        let late = Unloaded {
+            facts: facts(1),
+            report: UnloadReport {
+                still_mapped: false,
+                errors: Vec::new(),
+            },
+            took: Duration::from_secs(9),
+        };
+        assert!(matches!(
+            closing.finished(late),
+            Verdict::LateButGone { generation: 1, .. }
+        ));
+    }
+}

@@ -52,28 +52,27 @@ fn refused_for(host: &Host, needle: &str) -> serde_json::Value {
     entry
 }
 
+/// With `trap` set, the traps file is refused saying `needle`, and nothing else suffers.
+fn refused_and_unharmed(trap: &str, needle: &str) {
+    let (dir, host) = host_with_trap(trap, &[Lib::Chaos, Lib::Traps]);
+    host.wait_state("chaos", "running", STATE_TIMEOUT);
+    refused_for(&host, needle);
+    host_is_unharmed(host, &dir);
+}
+
 #[test]
 fn an_initializer_that_hangs_is_refused_and_blocks_nothing() {
-    let (dir, host) = host_with_trap("init-hang", &[Lib::Chaos, Lib::Traps]);
-    host.wait_state("chaos", "running", STATE_TIMEOUT);
-    refused_for(&host, "initializers or finalizers hang");
-    host_is_unharmed(host, &dir);
+    refused_and_unharmed("init-hang", "initializers or finalizers hang");
 }
 
 #[test]
 fn an_initializer_that_crashes_is_refused_and_the_host_lives() {
-    let (dir, host) = host_with_trap("init-crash", &[Lib::Chaos, Lib::Traps]);
-    host.wait_state("chaos", "running", STATE_TIMEOUT);
-    refused_for(&host, "SIGABRT");
-    host_is_unharmed(host, &dir);
+    refused_and_unharmed("init-crash", "SIGABRT");
 }
 
 #[test]
 fn an_initializer_that_exits_is_refused_and_the_host_lives() {
-    let (dir, host) = host_with_trap("init-exit", &[Lib::Chaos, Lib::Traps]);
-    host.wait_state("chaos", "running", STATE_TIMEOUT);
-    refused_for(&host, "exited with code 3");
-    host_is_unharmed(host, &dir);
+    refused_and_unharmed("init-exit", "exited with code 3");
 }
 
 /// Ignored in the default run: once in several full parallel runs of the suite the host

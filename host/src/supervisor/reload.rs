@@ -190,9 +190,18 @@ impl<P: Platform> Supervisor<P> {
         if !refused.is_empty() {
             return Err(ReloadError::ConfigRefused(refused));
         }
+        // A shutdown asked for meanwhile cancels a reload not applied yet.
+        if self.shared.stop_requested_at().is_some() {
+            return Err(ReloadError::Unavailable(
+                "the host is shutting down; the reload was not applied".into(),
+            ));
+        }
         self.settings.config = new;
         self.host = plan.host;
         for name in self.containers.stop_order(&plan.forget) {
+            if self.shared.stop_requested_at().is_some() {
+                break; // The shutdown stops the rest, in its own order.
+            }
             self.stop_dependents(&name, "is being replaced").await;
             // A failed stop is logged and shown; the container is replaced all the same.
             let _ = self.stop_container(&name).await;

@@ -12,6 +12,7 @@ mod evolution;
 mod faults;
 mod fixtures;
 mod hotplug;
+mod limits;
 mod metrics;
 mod observe;
 mod regressions;

@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -15,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
@@ -82,7 +82,7 @@ async fn require_token(State(app): State<AppState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::token::bearer)
         .unwrap_or("");
     // Digests first: `ct_eq` on slices of different lengths returns at once, which would
     // tell the token's length; digests are always 32 bytes.
@@ -385,16 +385,22 @@ struct EventsQuery {
 /// `GET /v1/events`: Server-Sent Events, one per transition, load, unload, reload,
 /// rollback, readiness or health change, with ids. A client reconnecting with
 /// `Last-Event-ID` (or `?since=ID`) first gets the kept events after that id. A client too
-/// slow to keep up is disconnected and resumes the same way.
+/// slow to keep up (more than the kept events behind, or its send buffer full for
+/// `host.api_send_timeout_ms`) is disconnected and resumes the same way.
 async fn events(
     State(app): State<AppState>,
     query: Result<Query<EventsQuery>, QueryRejection>,
     headers: HeaderMap,
+    connection: Option<Extension<crate::http::Connection>>,
 ) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
         Err(rejection) => return error(rejection.status(), rejection.body_text()),
     };
+    // Its send buffer is bounded: a client that stops reading is dropped (`http/`).
+    if let Some(Extension(connection)) = connection {
+        connection.set_streaming();
+    }
     let last_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

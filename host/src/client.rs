@@ -82,22 +82,6 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// The token for mutating requests: from `--token-file`, else `BALUT_TOKEN`.
-pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(file) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading the token file {}", file.display()))?,
-        ),
-        None => std::env::var("BALUT_TOKEN").ok(),
-    };
-    let token = token.map(|t| t.trim().to_owned());
-    if let (Some(file), Some("")) = (file, token.as_deref()) {
-        bail!("the token file {} is empty", file.display());
-    }
-    Ok(token.filter(|t| !t.is_empty()))
-}
-
 fn get_json(endpoint: &Endpoint, path: &str) -> anyhow::Result<Value> {
     let agent = endpoint.agent(Some(Duration::from_secs(10)));
     let mut response = agent
@@ -160,7 +144,7 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
     let endpoint = Endpoint::new(&args.remote.endpoint);
     // The socket's file mode is its guard: no token is read or sent there.
     let token = match endpoint {
-        Endpoint::Tcp(_) => read_token(args.remote.token_file.as_deref())?,
+        Endpoint::Tcp(_) => crate::token::read(args.remote.token_file.as_deref())?,
         Endpoint::Unix(_) => {
             if let Some(file) = &args.remote.token_file {
                 eprintln!(

@@ -14,6 +14,8 @@ mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod http;
+mod limits;
 pub mod loader;
 mod logging;
 mod metrics;
@@ -25,7 +27,9 @@ mod sdnotify;
 pub mod services;
 mod status;
 mod supervisor;
+mod token;
 mod trust;
+mod unix_socket;
 mod watcher;
 
 use std::path::PathBuf;
@@ -38,9 +42,11 @@ use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, LogFormat, RunArgs};
 use crate::config::Config;
+use crate::limits::ApiLimits;
 use crate::platform::Real;
 use crate::status::Board;
 use crate::supervisor::{Outcome, Settings, Supervisor};
+use crate::unix_socket::SocketFile;
 
 /// Exit codes: 0 clean, 1 a container did not stop cleanly or a runtime error,
 /// 2 bad usage or config, 70 the supervisor failed (a bug in balut; sysexits' EX_SOFTWARE)
@@ -120,12 +126,15 @@ fn settings(args: &RunArgs) -> anyhow::Result<Resolved> {
             .parse()
             .context("default listen address")?,
     };
-    let token = client::read_token(args.token_file.as_deref())?;
+    let token = token::for_host(args.token_file.as_deref())?;
     if !listen.ip().is_loopback() && token.is_none() {
         anyhow::bail!(
             "listening on {listen}, beyond loopback, needs an API token: \
              --token-file FILE or the BALUT_TOKEN environment variable"
         );
+    }
+    if let Some(path) = &args.unix_socket {
+        unix_socket::refuse_if_taken(path)?;
     }
     Ok(Resolved {
         settings: Settings {
@@ -237,6 +246,10 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
+    // The API's limits, under the open-file limit raised first (`limits.rs`).
+    let open_files = limits::raise_open_files();
+    let listeners = 1 + usize::from(unix_socket.is_some());
+    let api_limits = ApiLimits::fit(&settings.config.host, open_files, listeners);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -270,7 +283,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
 
     // The Unix socket, when asked for: its file mode (0600) is the guard, so no token.
     let unix = match &unix_socket {
-        Some(path) => Some((bind_unix_socket(path)?, path.clone())),
+        Some(path) => Some(SocketFile::bind(path)?),
         None => None,
     };
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
@@ -278,20 +291,32 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let app = api::router(board.clone(), handle.clone(), token);
-    let http = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stopped(http_stopped.clone()))
-            .into_future(),
+    let http = tokio::spawn(http::serve(
+        listener,
+        format!("tcp {addr}"),
+        app,
+        api_limits,
+        stopped(http_stopped.clone()),
+    ));
+    info!(
+        %addr,
+        max_connections = api_limits.max_connections,
+        header_timeout_ms = api_limits.header_timeout.as_millis(),
+        "http api listening"
     );
-    info!(%addr, "http api listening");
-    let unix_http = unix.map(|(listener, path)| {
-        info!(path = %path.display(), "http api listening on a unix socket");
+    let mut socket_file = None;
+    let unix_http = unix.map(|(listener, file)| {
+        info!(path = %file.path().display(), "http api listening on a unix socket");
         let app = api::router(board.clone(), handle.clone(), None);
-        tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopped(http_stopped.clone()))
-                .into_future(),
-        )
+        let name = format!("unix {}", file.path().display());
+        socket_file = Some(file);
+        tokio::spawn(http::serve(
+            listener,
+            name,
+            app,
+            api_limits,
+            stopped(http_stopped.clone()),
+        ))
     });
 
     let notifier = match sdnotify::Notifier::from_env() {
@@ -362,34 +387,13 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     if let Some(unix_http) = unix_http {
         let _ = unix_http.await;
     }
-    if let Some(path) = &unix_socket {
-        let _ = std::fs::remove_file(path);
+    if let Some(file) = &socket_file {
+        file.remove();
     }
     if let Some(task) = notify_task {
         task.abort();
     }
     Ok(ending)
-}
-
-/// Binds the API's Unix socket with mode 0600 (owner only). A stale socket left by a
-/// previous run is replaced; any other file there is an error.
-fn bind_unix_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            anyhow::bail!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("cannot listen on the unix socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
 }
 
 /// The second signal: exit at once, whatever the supervisor or any plugin thread is doing.

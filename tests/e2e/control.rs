@@ -152,6 +152,113 @@ fn the_token_can_come_from_balut_token() {
 }
 
 #[test]
+fn the_bearer_scheme_is_matched_in_any_case() {
+    let (dir, token_file) = setup(&chaos_entry("a", ""));
+    let args = with_args(&dir, &[&"--token-file".into(), &token_file.into()]);
+    let host = Host::spawn_with(args, Some(dir.tmp()), &[]);
+    wait_ready(&host, "a");
+    for (i, scheme) in ["bearer", "BEARER", "Bearer", "bEaReR"].iter().enumerate() {
+        let action = if i % 2 == 0 { "stop" } else { "start" };
+        let path = format!("/v1/containers/a/{action}");
+        let (status, body) = host.post_with_auth(&path, Some(&format!("{scheme} {TOKEN}")));
+        assert_eq!(status, 200, "POST {path} with `{scheme} TOKEN`: {body}");
+    }
+    // Any number of spaces after the scheme (RFC 7235: 1*SP); another scheme is refused.
+    let (status, body) =
+        host.post_with_auth("/v1/containers/a/stop", Some(&format!("bearer   {TOKEN}")));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        host.post_with_auth("/v1/containers/a/start", Some(&format!("Basic {TOKEN}")));
+    assert_eq!(
+        (status, error_of(&body)),
+        (401, "missing bearer token"),
+        "{body}"
+    );
+    terminate_cleanly(host);
+}
+
+#[test]
+fn a_token_file_its_group_or_others_can_read_is_refused() {
+    let (dir, token_file) = setup(&chaos_entry("a", ""));
+    let file = token_file.to_str().expect("a UTF-8 path").to_owned();
+    for mode in [0o644, 0o640, 0o604] {
+        balut_tests::set_mode(&token_file, mode);
+        let mut args = dir.run_args();
+        args.extend(["--listen".into(), "0.0.0.0:0".into()]);
+        args.extend(["--token-file".into(), token_file.clone().into()]);
+        let out = run_balut(&args, CLI_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "mode {mode:o}: {out:?}");
+        let says = |text: &str| out.stderr.contains(text);
+        assert!(
+            says(&file) && says(&format!("mode {mode:04o}")) && says("chmod 600"),
+            "the refusal names the file, its mode and the fix: {out:?}"
+        );
+        // The client commands refuse it too.
+        let out = run_balut(
+            [
+                "ctl",
+                "stop",
+                "a",
+                "--addr",
+                "127.0.0.1:9",
+                "--token-file",
+                &file,
+            ],
+            CLI_TIMEOUT,
+        );
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(out.stderr.contains("chmod 600"), "{out:?}");
+    }
+    // Owner-only, it is fine.
+    balut_tests::set_mode(&token_file, 0o400);
+    let args = with_args(&dir, &[&"--token-file".into(), &token_file.into()]);
+    let host = Host::spawn_with(args, Some(dir.tmp()), &[]);
+    wait_ready(&host, "a");
+    terminate_cleanly(host);
+}
+
+#[test]
+fn a_short_token_is_accepted_with_a_warning() {
+    let (dir, token_file) = setup(&chaos_entry("a", ""));
+    // TOKEN is 16 bytes: long enough, no warning.
+    let args = with_args(&dir, &[&"--token-file".into(), &token_file.clone().into()]);
+    let host = Host::spawn_with(args, Some(dir.tmp()), &[]);
+    assert!(
+        host.lines_with(&["shorter than 16 bytes"]).is_empty(),
+        "{}",
+        host.logs()
+    );
+    terminate_cleanly(host);
+
+    std::fs::write(&token_file, "x\n").expect("write a short token");
+    let mut args = dir.run_args();
+    args.extend(["--listen".into(), "0.0.0.0:0".into()]);
+    args.extend(["--token-file".into(), token_file.clone().into()]);
+    let host = Host::spawn_with(args.clone(), Some(dir.tmp()), &[]);
+    let line = host.wait_log("shorter than 16 bytes", STATE_TIMEOUT);
+    assert!(line.contains("WARN") && line.contains("bytes=1"), "{line}");
+    assert!(
+        line.contains(token_file.to_str().expect("UTF-8")),
+        "names the file: {line}"
+    );
+    wait_ready(&host, "a");
+    let (status, body) = host.post_with_token("/v1/containers/a/stop", "x");
+    assert_eq!(status, 200, "a short token still works: {body}");
+    terminate_cleanly(host);
+
+    // From the environment the same.
+    let mut args = dir.run_args();
+    args.extend(["--listen".into(), "0.0.0.0:0".into()]);
+    let host = Host::spawn_with(args, Some(dir.tmp()), &[("BALUT_TOKEN", "short")]);
+    let line = host.wait_log("shorter than 16 bytes", STATE_TIMEOUT);
+    assert!(
+        line.contains("BALUT_TOKEN") && line.contains("bytes=5"),
+        "{line}"
+    );
+    terminate_cleanly(host);
+}
+
+#[test]
 fn listening_beyond_loopback_needs_a_token() {
     let (dir, token_file) = setup(&chaos_entry("a", ""));
     let mut args = dir.run_args();

@@ -14,6 +14,7 @@ mod faults;
 mod fixtures;
 mod folder;
 mod hotplug;
+mod limits;
 mod metrics;
 mod observe;
 mod regressions;

@@ -10,7 +10,7 @@ use balut_tests::{BalutProcess, Host, STATE_TIMEOUT, run_balut, run_balut_with};
 use serde_json::Value;
 
 use crate::control::{CLI_TIMEOUT, ctl_round, setup, wait_ready, with_args};
-use crate::{chaos_entry, terminate_cleanly};
+use crate::{chaos_entry, terminate, terminate_cleanly};
 
 fn utf8(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
@@ -182,4 +182,84 @@ fn addr_and_unix_socket_together_are_a_usage_error() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains("cannot be used with"), "{out:?}");
     }
+}
+
+/// `balut run` arguments for `dir` serving also on `socket`.
+fn with_socket(dir: &balut_tests::PluginDir, socket: &Path) -> Vec<OsString> {
+    with_args(
+        dir,
+        &[
+            &OsString::from("--unix-socket"),
+            &socket.as_os_str().to_owned(),
+        ],
+    )
+}
+
+#[test]
+fn a_second_host_on_a_live_socket_is_refused_and_the_first_keeps_serving() {
+    let (dir, _) = setup(&chaos_entry("a", ""));
+    let socket = dir.path().join("balut.sock");
+    let sock = utf8(&socket);
+    let first = Host::spawn_with(with_socket(&dir, &socket), Some(dir.tmp()), &[]);
+    wait_ready(&first, "a");
+
+    let mut args = with_socket(&dir, &socket);
+    args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+    let out = run_balut(&args, CLI_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+    assert!(
+        out.stderr.contains(sock) && out.stderr.contains("is in use"),
+        "the refusal names the path and why: {out:?}"
+    );
+
+    // The first host still answers on its socket, and removes it when it exits.
+    let out = run_balut(["status", "--unix-socket", sock], CLI_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(row(
+        &out.stdout.lines().map(str::to_owned).collect::<Vec<_>>(),
+        "a",
+        "running"
+    ));
+    terminate_cleanly(first);
+    assert!(!socket.exists(), "the host removes its own socket at exit");
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let (dir, _) = setup(&chaos_entry("a", ""));
+    let socket = dir.path().join("balut.sock");
+    // A socket file nobody listens on any more, as a killed host leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind a socket"));
+    let host = Host::spawn_with(with_socket(&dir, &socket), Some(dir.tmp()), &[]);
+    host.wait_log("replacing a stale unix socket", STATE_TIMEOUT);
+    wait_ready(&host, "a");
+    let out = run_balut(["status", "--unix-socket", utf8(&socket)], CLI_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    terminate_cleanly(host);
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_host_leaves_in_place_a_socket_that_replaced_its_own() {
+    let (dir, _) = setup(&chaos_entry("a", ""));
+    let socket = dir.path().join("balut.sock");
+    let host = Host::spawn_with(with_socket(&dir, &socket), Some(dir.tmp()), &[]);
+    wait_ready(&host, "a");
+    // Someone else removes the host's socket and serves on the path.
+    std::fs::remove_file(&socket).expect("remove the host's socket");
+    let theirs = std::os::unix::net::UnixListener::bind(&socket).expect("bind another socket");
+
+    let mut host = host;
+    assert_eq!(terminate(&mut host), 0, "{}", host.logs());
+    assert!(socket.exists(), "the other socket is still there");
+    let _client = std::os::unix::net::UnixStream::connect(&socket)
+        .expect("the path still leads to the other listener");
+    theirs
+        .accept()
+        .expect("the other listener gets the connection");
+    assert!(
+        host.logs().contains("not removing the unix socket"),
+        "and says why it left it: {}",
+        host.logs()
+    );
 }

@@ -469,6 +469,19 @@ fn set_umask() {
     });
 }
 
+/// Raises this process's soft open-file limit to at least `want` (up to its hard limit)
+/// and tells whether it is that high now: tests that open many sockets check first.
+pub fn raise_open_files(want: u64) -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return false;
+    };
+    if soft >= want {
+        return true;
+    }
+    hard >= want && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok()
+}
+
 /// Sets the permission bits of `path` (`chmod`).
 pub fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
@@ -756,6 +769,22 @@ impl Host {
         };
         balut_env(&mut cmd);
         Host::spawn_command(cmd, dir.run_args(), Some(dir.tmp()), &[])
+    }
+
+    /// Runs `balut ARGS` (and `--listen 127.0.0.1:0` unless `args` has one) under an
+    /// open-file limit of `soft` (soft) and `hard` (hard), set by `prlimit` from util-linux.
+    pub fn spawn_with_open_files(
+        args: Vec<OsString>,
+        tmpdir: Option<PathBuf>,
+        soft: u64,
+        hard: u64,
+    ) -> Host {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(&build().balut);
+        balut_env(&mut cmd);
+        Host::spawn_command(cmd, args, tmpdir, &[])
     }
 
     /// [`Host::spawn`] with extra environment variables. `--listen 127.0.0.1:0` is added

@@ -13,6 +13,10 @@
 //! rescan_interval_ms = 10000
 //! max_plugin_bytes = 536870912
 //! strict_modes = true
+//! api_header_timeout_ms = 10000
+//! api_max_connections = 512
+//! api_send_timeout_ms = 30000
+//! sse_client_buffer_bytes = 65536
 //!
 //! [containers.web]
 //! plugin = "http-echo"
@@ -23,7 +27,7 @@
 //! Unknown keys and bad values are errors that name the key and the line.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +52,11 @@ pub enum ConfigError {
 /// of an example plugin is a few MiB), far below what would strain the host's memory.
 pub const DEFAULT_MAX_PLUGIN_BYTES: NonZeroU64 =
     NonZeroU64::new(512 * 1024 * 1024).expect("512 MiB is not zero");
+
+/// `host.api_max_connections` by default, per listener: a few hundred clients at once is
+/// far more than an operator's tools and a scraper need, and with the 256 descriptors kept
+/// in reserve it fits the common soft limit of 1,024 open files.
+pub const DEFAULT_API_MAX_CONNECTIONS: NonZeroU32 = NonZeroU32::new(512).expect("512 is not zero");
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -86,6 +95,18 @@ pub struct HostConfig {
     pub max_plugin_bytes: NonZeroU64,
     /// Refuse plugin folders and files other users can write (like sshd's StrictModes).
     pub strict_modes: bool,
+    /// A request's line and headers must arrive within this, else the connection is
+    /// closed; an idle keep-alive connection is closed after it too.
+    pub api_header_timeout_ms: Millis,
+    /// Connections each API listener serves at once (lowered at start when the open-file
+    /// limit cannot hold them beside the reserve: `limits.rs`).
+    pub api_max_connections: NonZeroU32,
+    /// A client that takes nothing of what the host sends it for this long (its buffers
+    /// full) is disconnected.
+    pub api_send_timeout_ms: Millis,
+    /// The send buffer of one `/v1/events` stream: what a client that stops reading may
+    /// leave unread in the host before its writes stall.
+    pub sse_client_buffer_bytes: BufferBytes,
 }
 
 impl Default for HostConfig {
@@ -104,6 +125,10 @@ impl Default for HostConfig {
             rescan_interval_ms: Millis(10_000),
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             strict_modes: true,
+            api_header_timeout_ms: Millis(10_000),
+            api_max_connections: DEFAULT_API_MAX_CONNECTIONS,
+            api_send_timeout_ms: Millis(30_000),
+            sse_client_buffer_bytes: BufferBytes(64 * 1024),
         }
     }
 }
@@ -214,6 +239,34 @@ impl TryFrom<u64> for Millis {
 impl Millis {
     pub fn duration(self) -> Duration {
         Duration::from_millis(self.0)
+    }
+}
+
+/// A socket buffer size in bytes, from 4 KiB to 16 MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct BufferBytes(usize);
+
+impl BufferBytes {
+    pub const MIN: u64 = 4 * 1024;
+    pub const MAX: u64 = 16 * 1024 * 1024;
+
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl TryFrom<u64> for BufferBytes {
+    type Error = String;
+    fn try_from(bytes: u64) -> Result<Self, String> {
+        match usize::try_from(bytes) {
+            Ok(size) if (Self::MIN..=Self::MAX).contains(&bytes) => Ok(Self(size)),
+            _ => Err(format!(
+                "{bytes} bytes is not a buffer size from {} (4 KiB) to {} (16 MiB)",
+                Self::MIN,
+                Self::MAX
+            )),
+        }
     }
 }
 

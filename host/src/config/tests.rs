@@ -104,3 +104,43 @@ fn bad_values_are_errors_with_lines() {
     let err = Config::parse("[host]\nlisten = \"nowhere\"\n").unwrap_err();
     assert!(err.contains("line 2"), "{err}");
 }
+
+#[test]
+fn api_limits_parse_with_defaults_and_bad_values_name_the_key() {
+    let host = Config::parse("").unwrap().host;
+    assert_eq!(
+        host.api_header_timeout_ms.duration(),
+        Duration::from_secs(10)
+    );
+    assert_eq!(host.api_max_connections.get(), 512);
+    assert_eq!(host.api_send_timeout_ms.duration(), Duration::from_secs(30));
+    assert_eq!(host.sse_client_buffer_bytes.get(), 64 * 1024);
+    let host = Config::parse(
+        "[host]\napi_header_timeout_ms = 500\napi_max_connections = 8\n\
+         api_send_timeout_ms = 2000\nsse_client_buffer_bytes = 4096\n",
+    )
+    .unwrap()
+    .host;
+    assert_eq!(
+        host.api_header_timeout_ms.duration(),
+        Duration::from_millis(500)
+    );
+    assert_eq!(host.api_max_connections.get(), 8);
+    assert_eq!(host.api_send_timeout_ms.duration(), Duration::from_secs(2));
+    assert_eq!(host.sse_client_buffer_bytes.get(), 4096);
+    for (text, says) in [
+        ("api_header_timeout_ms = 0", "positive"),
+        ("api_send_timeout_ms = 0", "positive"),
+        ("api_max_connections = 0", "nonzero"),
+        ("api_max_connections = -1", "invalid value"),
+        ("sse_client_buffer_bytes = 100", "4 KiB"),
+        ("sse_client_buffer_bytes = 99999999999", "16 MiB"),
+    ] {
+        let err = Config::parse(&format!("[host]\n{text}\n")).unwrap_err();
+        let key = text.split(' ').next().unwrap_or_default();
+        assert!(
+            err.contains("line 2") && err.contains(key) && err.contains(says),
+            "{text}: {err}"
+        );
+    }
+}

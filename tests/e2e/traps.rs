@@ -18,7 +18,7 @@ fn host_with_trap(trap: &str, libs: &[Lib]) -> (PluginDir, Host) {
 }
 
 /// The host still loads other plugins, answers, and exits cleanly on SIGTERM.
-fn host_is_unharmed(mut host: Host, dir: &PluginDir) {
+fn host_is_unharmed(host: Host, dir: &PluginDir) {
     dir.add(Lib::NeedsDb);
     let entry = host.wait_plugin("libfixture_needs_db.so", "loaded", STATE_TIMEOUT, |p| {
         p["status"] != "loading"
@@ -27,9 +27,14 @@ fn host_is_unharmed(mut host: Host, dir: &PluginDir) {
         entry["error_kind"], "load_timeout",
         "the next load was blocked: {entry}"
     );
+    answers_and_exits_cleanly(host);
+}
+
+/// The bystander runs, `/healthz` answers, and SIGTERM ends the host cleanly and soon.
+fn answers_and_exits_cleanly(mut host: Host) {
     assert_eq!(host.state("chaos"), "running");
-    let (status, _) = host.get("/healthz");
-    assert_eq!(status, 200);
+    let (status, body) = host.get("/healthz");
+    assert_eq!(status, 200, "{body}");
     let at = Instant::now();
     host.signal(Signal::SIGTERM);
     let status = host.wait_exit(EXIT_TIMEOUT);
@@ -82,7 +87,7 @@ fn an_initializer_that_exits_is_refused_and_the_host_lives() {
 #[test]
 #[ignore = "a rare stall under the full parallel suite, not understood yet (see the doc comment)"]
 fn a_finalizer_that_hangs_in_the_host_leaves_it_answering_and_exiting() {
-    let (dir, mut host) = host_with_trap("fini-hang-in-host", &[Lib::Chaos, Lib::Traps]);
+    let (dir, host) = host_with_trap("fini-hang-in-host", &[Lib::Chaos, Lib::Traps]);
     host.wait_state("traps", "running", STATE_TIMEOUT);
     dir.remove(Lib::Traps.file_name());
     // Its close hangs on a thread of its own; after the load timeout it is listed.
@@ -101,16 +106,5 @@ fn a_finalizer_that_hangs_in_the_host_leaves_it_answering_and_exiting() {
     // The supervisor and the API go on. (The hung finalizer holds the C library's loader
     // lock, so this process can start no thread until it returns: new containers and loads
     // wait. The pre-flight keeps such files out; this one hangs only outside it.)
-    assert_eq!(host.state("chaos"), "running");
-    let (status, body) = host.get("/healthz");
-    assert_eq!(status, 200, "{body}");
-    let at = Instant::now();
-    host.signal(Signal::SIGTERM);
-    let status = host.wait_exit(EXIT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "{}", host.logs());
-    assert!(
-        at.elapsed() < Duration::from_secs(15),
-        "exit took {:?}",
-        at.elapsed()
-    );
+    answers_and_exits_cleanly(host);
 }

@@ -25,6 +25,13 @@ use crate::loader::{
 use crate::services::HostServices;
 use crate::watcher::FolderEvent;
 
+/// The file name of a path, for logs and the API.
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 /// What cheaply tells that a file changed: size, modification time, inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {

@@ -10,11 +10,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::generations::file_name;
 use crate::events::EventKind;
 use crate::loader::LibraryFacts;
 use crate::model::NotUnloaded;
-use crate::platform::Unloaded;
+use crate::platform::{Unloaded, file_name};
 use crate::status::Board;
 
 /// A close in progress.

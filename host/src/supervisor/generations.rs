@@ -17,15 +17,8 @@ use tracing::{error, warn};
 use super::closing::{Closing, Verdict};
 use crate::events::EventKind;
 use crate::model::{FileState, NotUnloaded, PluginStatus, rfc3339};
-use crate::platform::{Content, Generation, Platform, Problem, Stamp, Unloaded};
+use crate::platform::{Content, Generation, Platform, Problem, Stamp, Unloaded, file_name};
 use crate::status::Board;
-
-/// The file name of a path, for logs and the API.
-pub fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
 
 /// A plugin file in the folder and what the host made of it.
 pub struct FileRecord<L> {

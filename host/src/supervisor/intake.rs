@@ -9,13 +9,13 @@ use tracing::{info, warn};
 
 use super::admission::{Admission, Known, admit};
 use super::folder::{LOST_POLL, QUIET};
-use super::generations::{Judged, file_name};
+use super::generations::Judged;
 use super::set::Spec;
 use super::{Phase, Supervisor};
 use crate::events::EventKind;
 use crate::loader::LoadError;
 use crate::model::FolderStatus;
-use crate::platform::{Content, Generation, Platform, Problem, is_candidate};
+use crate::platform::{Content, Generation, Platform, Problem, file_name, is_candidate};
 use crate::watcher::FolderEvent;
 
 impl<P: Platform> Supervisor<P> {

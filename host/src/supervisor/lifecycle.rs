@@ -11,14 +11,13 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use super::generations::file_name;
 use super::handle::ProbeMessage;
 use super::policy::Exit;
 use super::set::{Hold, Instance};
 use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
 use crate::model::{State, rfc3339};
-use crate::platform::{Calls, Generation, Platform};
+use crate::platform::{Calls, Generation, Platform, file_name};
 use crate::probes;
 use crate::services::HostServices;
 

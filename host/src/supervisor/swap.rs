@@ -14,12 +14,12 @@ use tracing::{info, warn};
 
 use super::Phase;
 use super::Supervisor;
-use super::generations::{Judged, file_name};
+use super::generations::Judged;
 use super::set::Hold;
 use crate::events::EventKind;
 use crate::loader::LoadError;
 use crate::model::{FileState, State};
-use crate::platform::{Content, Generation, Platform, Problem};
+use crate::platform::{Content, Generation, Platform, Problem, file_name};
 
 /// Load errors a file still being written shows.
 fn looks_partial(error: &LoadError) -> bool {

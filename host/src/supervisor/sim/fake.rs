@@ -156,7 +156,7 @@ impl Generation for FakeLibrary {
 
 fn key(library: &FakeLibrary) -> (String, u64) {
     (
-        super::super::generations::file_name(library.file()),
+        crate::platform::file_name(library.file()),
         library.generation(),
     )
 }

@@ -100,7 +100,7 @@ impl<P: Platform> Supervisor<P> {
                     live: c.instance.as_ref().map(|i| {
                         let library = crate::platform::Calls::library(&*i.worker);
                         (
-                            super::generations::file_name(library.file()),
+                            crate::platform::file_name(library.file()),
                             library.generation(),
                         )
                     }),
@@ -115,7 +115,7 @@ impl<P: Platform> Supervisor<P> {
             in_memory: self
                 .files
                 .in_memory()
-                .map(|l| (super::generations::file_name(l.file()), l.generation()))
+                .map(|l| (crate::platform::file_name(l.file()), l.generation()))
                 .collect(),
             board: self.board.read().clone(),
             starts: std::mem::take(&mut self.starts),

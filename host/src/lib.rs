@@ -296,6 +296,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
         format!("tcp {addr}"),
         app,
         api_limits,
+        board.metrics.clone(),
         stopped(http_stopped.clone()),
     ));
     info!(
@@ -315,6 +316,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
             name,
             app,
             api_limits,
+            board.metrics.clone(),
             stopped(http_stopped.clone()),
         ))
     });

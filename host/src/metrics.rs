@@ -41,6 +41,12 @@ struct ContainerLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabel {
+    listener: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabel {
     probe: &'static str,
 }
@@ -75,6 +81,8 @@ pub struct Metrics {
     unloads: Counter,
     /// Stopping nothing: closing the library, deleting its copy, checking the maps.
     unload_duration: Histogram,
+    /// API connections the limits closed, per listener and reason.
+    api_closed: Family<ClosedLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +167,12 @@ impl Default for Metrics {
             Unit::Seconds,
             unload_duration.clone(),
         );
+        let api_closed = Family::<ClosedLabel, Counter>::default();
+        registry.register(
+            "api_connections_closed",
+            "API connections closed to stay within the limits, per listener and reason (refused: over the cap; evicted: to make room; header_timeout: no request head in time)",
+            api_closed.clone(),
+        );
         Self {
             registry,
             containers,
@@ -174,6 +188,7 @@ impl Default for Metrics {
             reload_duration,
             unloads,
             unload_duration,
+            api_closed,
         }
     }
 }
@@ -202,6 +217,17 @@ impl Metrics {
     }
 
     /// A library was unloaded in `took`.
+    /// The API's limits closed a connection on `listener`: `reason` is `refused` (over the
+    /// cap), `evicted` (made room for a new one) or `header_timeout`.
+    pub fn api_connection_closed(&self, listener: &str, reason: &'static str) {
+        self.api_closed
+            .get_or_create(&ClosedLabel {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
     pub fn unloaded(&self, took: Duration) {
         self.unloads.inc();
         self.unload_duration.observe(took.as_secs_f64());

@@ -244,7 +244,6 @@ fn connections_over_the_cap_are_refused_not_queued() {
         );
     }
     host.wait_log("refused=", STATE_TIMEOUT);
-
     // A place freed is a place taken.
     streams.pop();
     let deadline = Instant::now() + STATE_TIMEOUT;
@@ -257,6 +256,22 @@ fn connections_over_the_cap_are_refused_not_queued() {
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+    // The refusals are counted in /metrics too, per listener and reason.
+    let (status, _, metrics) = host.get_text("/metrics");
+    assert_eq!(status, 200);
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("balut_api_connections_closed_total{") && l.contains("reason=\"refused\"")
+        })
+        .unwrap_or_else(|| panic!("no refused counter in /metrics:\n{metrics}"));
+    let count: f64 = refused
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 3.0, "{refused}");
+
     // The streams kept their place and still get events.
     let (status, body) = host.post("/v1/containers/a/stop");
     assert_eq!(status, 200, "{body}");

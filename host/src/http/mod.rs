@@ -56,12 +56,13 @@ pub async fn serve<L>(
     name: String,
     app: Router,
     limits: ApiLimits,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: impl Future<Output = ()>,
 ) where
     L: Listener,
     L::Io: AsFd,
 {
-    let slots = Arc::new(Slots::new(limits.max_connections, name));
+    let slots = Arc::new(Slots::new(limits.max_connections, name, metrics));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);

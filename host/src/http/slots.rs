@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::warn;
 
+use crate::metrics::Metrics;
+
 /// How often at most the tally of closed connections is logged.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -26,6 +28,8 @@ pub struct Slots {
     listener: String,
     held: Mutex<Held>,
     tally: Tally,
+    /// Where the closes are counted for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, Default)]
@@ -72,12 +76,13 @@ pub enum Closed {
 }
 
 impl Slots {
-    pub fn new(max: usize, listener: String) -> Self {
+    pub fn new(max: usize, listener: String, metrics: Arc<Metrics>) -> Self {
         Self {
             max: max.max(1),
             listener,
             held: Mutex::default(),
             tally: Tally::default(),
+            metrics,
         }
     }
 
@@ -127,12 +132,13 @@ impl Slots {
     /// Counts a connection the limits closed and, at most every ten seconds, logs the
     /// counts since the last line.
     pub fn note(&self, closed: Closed) {
-        let counter = match closed {
-            Closed::Refused => &self.tally.refused,
-            Closed::Evicted => &self.tally.evicted,
-            Closed::HeaderTimeout => &self.tally.header_timeouts,
+        let (counter, reason) = match closed {
+            Closed::Refused => (&self.tally.refused, "refused"),
+            Closed::Evicted => (&self.tally.evicted, "evicted"),
+            Closed::HeaderTimeout => (&self.tally.header_timeouts, "header_timeout"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.api_connection_closed(&self.listener, reason);
         let mut logged = self
             .tally
             .logged
@@ -238,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_the_cap_the_oldest_idle_connection_makes_room() {
-        let slots = Arc::new(Slots::new(2, "test".into()));
+        let slots = Arc::new(Slots::new(2, "test".into(), Arc::default()));
         let first = slots.admit().expect("room");
         let second = slots.admit().expect("room");
         let busy = InRequest::new(first.slot().clone());

@@ -82,7 +82,15 @@ impl<P: Platform> Supervisor<P> {
                 status.sha256 = Some(library.short_hash().to_owned());
             });
             let confinement = container_confinement(&self.containers, &name);
-            let worker = match self.platform.spawn(&name, library, &confinement) {
+            let spare = self
+                .spares
+                .remove(&name)
+                .filter(|w| Arc::ptr_eq(w.library(), &library));
+            let spawned = match spare {
+                Some(worker) => Ok(worker),
+                None => self.platform.spawn(&name, library, &confinement),
+            };
+            let worker = match spawned {
                 Ok(worker) => Arc::new(worker),
                 Err(e) => {
                     let what = match confinement.isolation {

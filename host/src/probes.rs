@@ -205,6 +205,8 @@ pub async fn run<F, Fut, R>(
                 (false, format!("{check} {e}"), true)
             }
             Err(e @ CallError::Timeout { .. }) => (false, format!("timed out: {e}"), false),
+            // An isolated container's process is gone: no later check can pass.
+            Err(e @ CallError::Ended(_)) => (false, e.to_string(), true),
             Err(e) => (false, e.to_string(), false),
         };
         let verdict = if fatal {

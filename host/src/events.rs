@@ -62,6 +62,13 @@ pub enum EventKind {
         from_generation: u64,
         to_generation: u64,
     },
+    /// A container's new instance (of a new generation) took over from the running one,
+    /// started beside it (`reload = "overlap"`); the old one is being stopped.
+    Replaced {
+        container: String,
+        from_generation: u64,
+        to_generation: u64,
+    },
     /// A new generation's containers did not start; the old one runs again.
     RolledBack {
         file: String,

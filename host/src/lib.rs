@@ -26,6 +26,7 @@ mod probes;
 mod restart;
 mod sdnotify;
 pub mod services;
+mod sockets;
 mod status;
 mod supervisor;
 mod token;

@@ -13,8 +13,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc::UnboundedSender;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RSlice, RStr, Tuple2};
-use balut_plugin_api::ffi::{FfiHost, FfiHost_TO, FfiHostArc, FfiLevel};
+use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RStr, RString, Tuple2};
+use balut_plugin_api::ffi::{
+    FfiHandover, FfiHost, FfiHost_TO, FfiHostArc, FfiLevel, FfiListener, FfiListenerKind,
+};
+
+use crate::sockets::{Address, Listeners};
 
 /// What a container tells the host of its own accord.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +98,14 @@ fn readiness_of(value: &AtomicU8) -> Option<bool> {
     }
 }
 
+/// State one instance hands the next on a hot reload (interface 1.3): the plugin's bytes
+/// and its version number for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub version: u32,
+    pub bytes: Vec<u8>,
+}
+
 /// The host's side of one container's `Context`.
 #[derive(Clone)]
 pub struct HostServices {
@@ -104,6 +116,10 @@ pub struct HostServices {
     readiness: Arc<AtomicU8>,
     mailbox: Arc<Mailbox>,
     wake: UnboundedSender<NoticeFrom>,
+    /// The sockets the host holds for the container.
+    listeners: Arc<Listeners>,
+    /// What the previous instance handed over, until the plugin takes it.
+    handover: Arc<Mutex<Option<Handover>>>,
 }
 
 impl HostServices {
@@ -121,7 +137,34 @@ impl HostServices {
             readiness: Arc::new(AtomicU8::new(READINESS_UNSET)),
             mailbox: Arc::default(),
             wake,
+            listeners: Arc::default(),
+            handover: Arc::default(),
         }
+    }
+
+    /// With the sockets the host holds for the container.
+    pub fn with_listeners(mut self, listeners: Listeners) -> Self {
+        self.listeners = Arc::new(listeners);
+        self
+    }
+
+    /// With the state the previous instance handed over.
+    pub fn with_handover(self, handover: Option<Handover>) -> Self {
+        *self.handover.lock().unwrap_or_else(PoisonError::into_inner) = handover;
+        self
+    }
+
+    /// The sockets the host holds for the container.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    /// Takes the handed-over state (once).
+    pub fn take_handover(&self) -> Option<Handover> {
+        self.handover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// What the container last reported about its readiness, if anything.
@@ -309,6 +352,51 @@ impl FfiHost for HostServices {
     fn report_finished(&self, message: RStr<'_>) {
         HostServices::report_finished(self, message.as_str());
     }
+
+    fn listener(&self, name: RStr<'_>) -> RResult<FfiListener, RString> {
+        let result = lend_listener(&self.listeners, name.as_str());
+        result.map_err(RString::from).into()
+    }
+
+    fn take_handover(&self) -> ROption<FfiHandover> {
+        HostServices::take_handover(self)
+            .map(|h| FfiHandover {
+                version: h.version,
+                bytes: h.bytes.into(),
+            })
+            .into()
+    }
+}
+
+/// A new descriptor of the held socket `name`, owned by the caller (the plugin), or why
+/// there is none. The host keeps its own.
+pub fn lend_listener(listeners: &Listeners, name: &str) -> Result<FfiListener, String> {
+    use std::os::fd::IntoRawFd;
+    let Some(held) = listeners.get(name) else {
+        let names: Vec<&str> = listeners.keys().map(String::as_str).collect();
+        return Err(if names.is_empty() {
+            format!(
+                "no socket named `{name}`: the host holds none for this container (its config's `listen` table)"
+            )
+        } else {
+            format!(
+                "no socket named `{name}`: the host holds {} for this container",
+                names.join(", ")
+            )
+        });
+    };
+    let fd = held
+        .fd
+        .try_clone()
+        .map_err(|e| format!("duplicating the socket `{name}` ({}): {e}", held.address))?;
+    let kind = match held.address {
+        Address::Tcp(_) => FfiListenerKind::Tcp,
+        Address::Unix(_) => FfiListenerKind::Unix,
+    };
+    Ok(FfiListener {
+        kind,
+        fd: fd.into_raw_fd(),
+    })
 }
 
 #[cfg(test)]

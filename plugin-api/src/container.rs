@@ -32,6 +32,49 @@ pub trait Container: Send + 'static {
     fn ready(&self) -> Health {
         Health::Healthy
     }
+
+    /// The state to hand to the next instance when the host hot-reloads this container
+    /// (a new version of the plugin file), or `None` to hand nothing over (the default).
+    /// The new instance takes it in its constructor with [`Context::take_handover`].
+    ///
+    /// When the host overlaps the reload (the container's sockets are held by the host),
+    /// this is called while the instance still serves, just before the new one is
+    /// constructed: what changes after it is not handed over. Otherwise it is called after
+    /// [`stop`](Container::stop). Interface 1.3.
+    ///
+    /// [`Context::take_handover`]: crate::Context::take_handover
+    fn handover(&mut self) -> Option<Handover> {
+        None
+    }
+}
+
+/// State one instance hands the next on a hot reload: bytes only the plugin reads, and a
+/// version number for their format, so a new version can refuse (or convert) state it does
+/// not understand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    pub version: u32,
+    pub bytes: Vec<u8>,
+}
+
+impl Handover {
+    pub fn new(version: u32, bytes: Vec<u8>) -> Self {
+        Self { version, bytes }
+    }
+
+    /// The bytes, if their format is `version`; else an error saying both versions, for
+    /// the constructor to return: the reload then fails and (the old instance still holds
+    /// the state) is rolled back.
+    pub fn expect_version(&self, version: u32) -> Result<&[u8], Error> {
+        if self.version == version {
+            Ok(&self.bytes)
+        } else {
+            Err(Error::msg(format!(
+                "state handed over in format version {}, which this version (reading {version}) does not understand",
+                self.version
+            )))
+        }
+    }
 }
 
 /// The result of a health check.

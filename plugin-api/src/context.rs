@@ -1,8 +1,12 @@
 //! The host context a container receives in its constructor.
 
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+
 use abi_stable::std_types::{RSlice, RStr, Tuple2};
 
-use crate::ffi::{FfiHostArc, FfiLevel};
+use crate::container::{Error, Handover};
+use crate::ffi::{FfiHostArc, FfiLevel, FfiListenerKind};
 
 /// Log levels for [`Context::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,10 +120,73 @@ impl Context {
         self.host.report_finished(RStr::from_str(message));
     }
 
+    /// The listening socket named `name` that the host holds for this container (its
+    /// config's `[containers.NAME.listen]` table), bound before the container starts and
+    /// kept open across restarts and reloads: take it in the constructor or in `start` and
+    /// accept on it. Each call gives a new handle to the same socket; closing yours leaves
+    /// the host's open. Interface 1.3.
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: &balut_plugin_api::Context) -> Result<(), balut_plugin_api::Error> {
+    /// let listener = ctx.listener("http")?.into_tcp()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn listener(&self, name: &str) -> Result<Listener, Error> {
+        let listener = self
+            .host
+            .listener(RStr::from_str(name))
+            .into_result()
+            .map_err(|message| Error::msg(message.into_string()))?;
+        let fd = crate::export::adopt_fd(listener.fd);
+        Ok(match listener.kind {
+            FfiListenerKind::Tcp => Listener::Tcp(TcpListener::from(fd)),
+            FfiListenerKind::Unix => Listener::Unix(UnixListener::from(fd)),
+        })
+    }
+
+    /// The state the previous instance handed over on a hot reload
+    /// ([`Container::handover`](crate::Container::handover)), once: later calls, and every
+    /// call when nothing was handed over, give `None`. Interface 1.3.
+    pub fn take_handover(&self) -> Option<Handover> {
+        self.host
+            .take_handover()
+            .into_option()
+            .map(|h| Handover::new(h.version, h.bytes.into_vec()))
+    }
+
     /// Whether the host has asked this container to stop. Long-running work started by
     /// [`Container::start`](crate::Container::start) can poll this; `stop` is called as well.
     pub fn stop_requested(&self) -> bool {
         self.host.stop_requested()
+    }
+}
+
+/// A listening socket the host holds for a container ([`Context::listener`]).
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// The TCP listener, or an error if the config made it a Unix socket.
+    pub fn into_tcp(self) -> Result<TcpListener, Error> {
+        match self {
+            Self::Tcp(listener) => Ok(listener),
+            Self::Unix(_) => Err(Error::msg(
+                "the host holds a Unix socket here, not a TCP one",
+            )),
+        }
+    }
+
+    /// The Unix listener, or an error if the config made it a TCP socket.
+    pub fn into_unix(self) -> Result<UnixListener, Error> {
+        match self {
+            Self::Unix(listener) => Ok(listener),
+            Self::Tcp(_) => Err(Error::msg(
+                "the host holds a TCP socket here, not a Unix one",
+            )),
+        }
     }
 }
 

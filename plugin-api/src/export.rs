@@ -10,14 +10,14 @@ use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, ROk, ROption, RResult, RSome, RStr, RString};
+use abi_stable::std_types::{RErr, RNone, ROk, ROption, RResult, RSome, RStr, RString};
 use serde::de::DeserializeOwned;
 
 use crate::container::{Container, Health};
 use crate::context::Context;
 use crate::ffi::{
     FfiConfigError, FfiContainer, FfiContainer_TO, FfiContainerBox, FfiError, FfiErrorKind,
-    FfiHealth, FfiHealthStatus, FfiHostArc,
+    FfiHandover, FfiHealth, FfiHealthStatus, FfiHostArc,
 };
 
 /// Exports a container plugin from a `cdylib` crate. Write it once, at the crate root.
@@ -293,6 +293,15 @@ fn install_panic_hook() {
     });
 }
 
+/// Takes ownership of a descriptor the host passed across the boundary
+/// (`FfiHost::listener`).
+pub(crate) fn adopt_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `FfiHost::listener` hands over a descriptor freshly duplicated for the
+    // caller, which nothing else owns or closes: the caller is its only owner from here.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 /// Wraps an author's container so no panic escapes any call.
 struct Guarded<T: Container> {
     inner: Option<T>,
@@ -362,6 +371,17 @@ impl<T: Container> FfiContainer for Guarded<T> {
 
     fn ready(&mut self) -> ROption<RResult<FfiHealth, FfiError>> {
         RSome(self.call(|c| Ok(to_ffi(c.ready()))))
+    }
+
+    fn handover(&mut self) -> ROption<RResult<FfiHandover, FfiError>> {
+        match self.call(|c| Ok(c.handover())) {
+            ROk(Some(state)) => RSome(ROk(FfiHandover {
+                version: state.version,
+                bytes: state.bytes.into(),
+            })),
+            ROk(None) => RNone,
+            RErr(e) => RSome(RErr(e)),
+        }
     }
 
     fn dispose(&mut self) -> RResult<(), FfiError> {

@@ -31,7 +31,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RArc, RBox, RNone, ROption, RResult, RSlice, RStr, RString, Tuple2},
+    std_types::{RArc, RBox, RErr, RNone, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2},
 };
 
 /// What went wrong in a call into a plugin. Frozen: new kinds are a major version.
@@ -100,6 +100,32 @@ pub struct FfiHealth {
     pub message: RString,
 }
 
+/// Interface 1.3: state one instance hands the next on a hot reload: the plugin's own bytes
+/// and its own version number for them. Frozen.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct FfiHandover {
+    pub version: u32,
+    pub bytes: RVec<u8>,
+}
+
+/// Interface 1.3: what kind of socket a host-held listener is. Frozen.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfiListenerKind {
+    Tcp = 0,
+    Unix = 1,
+}
+
+/// Interface 1.3: a listening socket the host holds for a container: a descriptor the
+/// receiver owns (a duplicate; the host keeps its own). Frozen.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FfiListener {
+    pub kind: FfiListenerKind,
+    pub fd: i32,
+}
+
 /// Log levels, as `tracing` has them. Frozen.
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +157,13 @@ pub trait FfiContainer: Send {
     /// Interface 1.1: the readiness check. This default body runs in the host when the
     /// plugin was built for 1.0 and its vtable lacks the method: `RNone`, "not supported".
     fn ready(&mut self) -> ROption<RResult<FfiHealth, FfiError>> {
+        RNone
+    }
+
+    /// Interface 1.3: the state to hand the next instance on a hot reload. `RNone` when the
+    /// plugin hands nothing over (also this default body, for plugins built for 1.2 or
+    /// older).
+    fn handover(&mut self) -> ROption<RResult<FfiHandover, FfiError>> {
         RNone
     }
 }
@@ -172,6 +205,22 @@ pub trait FfiHost: Send + Sync + Clone {
     /// one: it does nothing.)
     fn report_finished(&self, message: RStr<'_>) {
         let _ = message;
+    }
+
+    /// Interface 1.3: the listening socket named `name` that the host holds for this
+    /// container (`[containers.NAME.listen]`), as a new descriptor the caller owns, or why
+    /// there is none.
+    fn listener(&self, name: RStr<'_>) -> RResult<FfiListener, RString> {
+        let _ = name;
+        RErr(RString::from(
+            "this host holds no sockets for its containers",
+        ))
+    }
+
+    /// Interface 1.3: the state the previous instance handed over, once (later calls get
+    /// `RNone`).
+    fn take_handover(&self) -> ROption<FfiHandover> {
+        RNone
     }
 }
 

@@ -27,7 +27,7 @@ fn a_plugin_built_for_interface_1_0_loads_runs_and_unloads_again_and_again() {
     let old = host.plugin("libold_timer.so");
     assert_eq!(old["status"], "loaded", "{old}");
     assert_eq!(old["interface_version"], "1.0", "{old}");
-    assert_eq!(host.plugin("libchaos.so")["interface_version"], "1.2");
+    assert_eq!(host.plugin("libchaos.so")["interface_version"], "1.3");
     host.wait_log("old timer started on interface 1.0", STATE_TIMEOUT);
     assert_eq!(host.container("old-timer")["ready"], true);
 

@@ -130,7 +130,7 @@ fn plugin_for_another_interface_version() {
     );
     let p = &entries[0];
     let error = p["error"].as_str().unwrap_or_default();
-    for needle in [file, "wrong-interface", "2.0", "1.2"] {
+    for needle in [file, "wrong-interface", "2.0", "1.3"] {
         assert!(
             error.contains(needle),
             "interface error does not name {needle:?}: {error:?}"

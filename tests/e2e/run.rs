@@ -63,7 +63,7 @@ fn examples_run_serve_and_stop_in_reverse_order_on_sigterm() {
     for p in &plugins {
         assert_eq!(p["status"], "loaded", "{p}");
         assert!(p["error"].is_null() && p["error_kind"].is_null(), "{p}");
-        assert_eq!(p["interface_version"], "1.2", "{p}");
+        assert_eq!(p["interface_version"], "1.3", "{p}");
         assert_eq!(p["generation"], 1, "{p}");
     }
     let files: Vec<&str> = plugins.iter().filter_map(|p| p["file"].as_str()).collect();

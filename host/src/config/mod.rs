@@ -26,6 +26,7 @@
 //!
 //! Unknown keys and bad values are errors that name the key and the line.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use serde::Deserialize;
 
 use crate::model::Isolation;
 use crate::restart::{Backoff, RestartPolicy};
+use crate::sockets::Address;
 
 /// Why a config file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +171,45 @@ pub struct ContainerConfig {
     /// The address-space limit (`RLIMIT_AS`) of the container's process: process
     /// isolation only, at least [`MIN_MEMORY_MAX_BYTES`].
     pub memory_max_bytes: Option<NonZeroU64>,
+    /// Listening sockets the host holds for the container, by the name the plugin asks
+    /// its `Context` for.
+    #[serde(default)]
+    pub listen: BTreeMap<SocketName, Address>,
+    /// How a hot reload replaces a running instance; by default `overlap` when the
+    /// container has sockets in `listen`, else `stop-first`.
+    pub reload: Option<ReloadMode>,
+}
+
+/// How a hot reload replaces a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadMode {
+    /// Stop the old instance, then start the new one (a gap; sockets the plugin binds
+    /// itself are free for the new one).
+    StopFirst,
+    /// Start the new instance beside the old one, and stop the old one only once the new
+    /// one is ready (no gap; both must be able to run at once, as on host-held sockets).
+    Overlap,
+}
+
+/// A held socket's name: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SocketName(String);
+
+impl TryFrom<String> for SocketName {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        ContainerName::try_from(name)
+            .map(|n| Self(n.0))
+            .map_err(|e| e.replace("container name", "socket name"))
+    }
+}
+
+impl SocketName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// The smallest `memory_max_bytes`: the child's own runtime, the library and a few thread
@@ -346,6 +387,7 @@ impl Config {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         config.check_requires()?;
         config.check_confinement()?;
+        config.check_listen()?;
         Ok(config)
     }
 
@@ -367,6 +409,20 @@ impl Config {
                     "containers.{name}.memory_max_bytes: {limit} is below the minimum of \
                      {MIN_MEMORY_MAX_BYTES} (64 MiB) a container's process needs to start"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// No two sockets at one address.
+    fn check_listen(&self) -> Result<(), String> {
+        let mut seen: BTreeMap<&Address, String> = BTreeMap::new();
+        for (name, container) in &self.containers {
+            for (socket, address) in &container.listen {
+                let key = format!("containers.{name}.listen.{}", socket.as_str());
+                if let Some(other) = seen.insert(address, key.clone()) {
+                    return Err(format!("{key}: {address} is also {other}"));
+                }
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! the host closes the socket or dies; plugin code that crashes or exits ends it alone,
 //! with the crash line on stderr naming the container.
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RArc, RSlice, RStr, Tuple2};
-use balut_plugin_api::ffi::{FfiHost, FfiHost_TO, FfiLevel};
+use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RStr, RString, Tuple2};
+use balut_plugin_api::ffi::{FfiHandover, FfiHost, FfiHost_TO, FfiLevel, FfiListener};
 
 use super::protocol::{self, Answer, Call, PROTOCOL, Refusal, ToChild, ToHost, WRONG_PROTOCOL};
 use super::spawn::CHILD_FD;
 use crate::loader::{self, CallError, InterfaceVersion, LibraryFacts, PluginInfo, Worker};
-use crate::services::clip;
+use crate::services::{Handover, clip, lend_listener};
+use crate::sockets::{Address, Held, Listeners};
 
 /// The socket's sending side, shared by the calls' replies and the plugin's threads.
 struct Outbox {
@@ -39,11 +40,14 @@ impl Outbox {
     }
 }
 
-/// The child's side of the plugin's `Context`: everything goes to the host.
+/// The child's side of the plugin's `Context`: everything goes to the host, but for the
+/// held sockets (inherited) and the handed-over state (sent with the constructor's call).
 #[derive(Clone)]
 struct Relay {
     outbox: Arc<Outbox>,
     stop_requested: Arc<AtomicBool>,
+    listeners: Arc<Listeners>,
+    handover: Arc<Mutex<Option<Handover>>>,
 }
 
 impl FfiHost for Relay {
@@ -84,6 +88,25 @@ impl FfiHost for Relay {
 
     fn report_finished(&self, message: RStr<'_>) {
         self.outbox.send(&ToHost::Finished(cut(message.as_str())));
+    }
+
+    fn listener(&self, name: RStr<'_>) -> RResult<FfiListener, RString> {
+        let result = lend_listener(&self.listeners, name.as_str());
+        result.map_err(RString::from).into()
+    }
+
+    fn take_handover(&self) -> ROption<FfiHandover> {
+        let taken = self
+            .handover
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        taken
+            .map(|h| FfiHandover {
+                version: h.version,
+                bytes: h.bytes.into(),
+            })
+            .into()
     }
 }
 
@@ -159,6 +182,7 @@ pub fn main() -> ExitCode {
         let mut served = Served {
             outbox,
             stop_requested: Arc::new(AtomicBool::new(false)),
+            listeners: Arc::default(),
             worker: None,
         };
         while let Some(message) = inbox.recv().await {
@@ -169,7 +193,7 @@ pub fn main() -> ExitCode {
             } = message
             {
                 served
-                    .call(id, Duration::from_millis(timeout_ms), call)
+                    .call(id, Duration::from_millis(timeout_ms), *call)
                     .await;
             }
         }
@@ -181,6 +205,8 @@ pub fn main() -> ExitCode {
 struct Served {
     outbox: Arc<Outbox>,
     stop_requested: Arc<AtomicBool>,
+    /// The held sockets this process inherited.
+    listeners: Arc<Listeners>,
     worker: Option<Arc<Worker>>,
 }
 
@@ -203,7 +229,9 @@ impl Served {
                 version,
                 interface,
                 default_requires,
+                listeners,
             } => {
+                self.listeners = Arc::new(adopt_listeners(listeners));
                 let facts = LibraryFacts {
                     info: PluginInfo {
                         name: plugin,
@@ -237,6 +265,8 @@ impl Served {
         let relay = Relay {
             outbox: self.outbox.clone(),
             stop_requested: self.stop_requested.clone(),
+            listeners: self.listeners.clone(),
+            handover: Arc::default(),
         };
         let outbox = self.outbox.clone();
         // Each call waits for its answer on its own: a health check can be answered while a
@@ -247,7 +277,13 @@ impl Served {
                 Call::Construct {
                     container,
                     config_json,
+                    handover,
                 } => {
+                    *relay
+                        .handover
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        handover.map(|(version, bytes)| Handover { version, bytes });
                     let host = FfiHost_TO::from_ptr(RArc::new(relay), TD_Opaque);
                     worker
                         .construct(&container, config_json, host, timeout)
@@ -270,6 +306,10 @@ impl Served {
                     },
                     None => Answer::NoReadiness,
                 }),
+                Call::Handover => worker
+                    .handover(timeout)
+                    .await
+                    .map(|state| Answer::Handover(state.map(|h| (h.version, h.bytes)))),
                 Call::Open { .. } => Err(CallError::Failed("opened twice".into())),
             };
             outbox.send(&ToHost::Reply {
@@ -291,6 +331,29 @@ impl Served {
         self.worker = Some(Arc::new(worker));
         Ok(Answer::Done)
     }
+}
+
+/// The held sockets this process inherited (`spawn.rs` put them at the descriptors the
+/// `Open` call names), owned from here on.
+fn adopt_listeners(passed: Vec<(String, String, i32)>) -> Listeners {
+    let mut listeners = Listeners::new();
+    for (name, address, fd) in passed {
+        // SAFETY: the host started this process with each held socket at the descriptor
+        // it names in `Open` (`spawn.rs`: moved there between fork and exec), sent once;
+        // nothing else in this process owns or closes it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let Ok(address) = Address::try_from(address) else {
+            continue; // Never: the host wrote it from an `Address`.
+        };
+        listeners.insert(
+            name,
+            Held {
+                address,
+                fd: Arc::new(fd),
+            },
+        );
+    }
+    listeners
 }
 
 fn micros(duration: Duration) -> u64 {

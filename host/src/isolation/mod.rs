@@ -37,7 +37,8 @@ use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
 use crate::loader::{CallError, HealthReport, Library};
-use crate::services::HostServices;
+use crate::services::{Handover, HostServices};
+use crate::sockets::Listeners;
 use ending::Hints;
 use protocol::{Answer, Call, PROTOCOL, Refusal, ToChild, ToHost};
 
@@ -84,6 +85,7 @@ impl Child {
         name: &str,
         library: Arc<Library>,
         memory_max_bytes: Option<u64>,
+        listeners: &Listeners,
     ) -> std::io::Result<Self> {
         let (host_end, child_end) = std::os::unix::net::UnixStream::pair()?;
         let link = Arc::new(Link {
@@ -104,7 +106,7 @@ impl Child {
         let open = ToChild::Call {
             id: OPEN_ID,
             timeout_ms: 0,
-            call: Call::Open {
+            call: Box::new(Call::Open {
                 container: name.to_owned(),
                 copy: facts.copy.clone(),
                 file: facts.file.clone(),
@@ -114,13 +116,25 @@ impl Child {
                 version: facts.info.version.clone(),
                 interface: (facts.info.interface.major, facts.info.interface.minor),
                 default_requires: facts.default_requires.clone(),
-            },
+                listeners: listeners
+                    .iter()
+                    .zip(spawn::FIRST_LISTENER_FD..)
+                    .map(|((name, held), fd)| (name.clone(), held.address.to_string(), fd))
+                    .collect(),
+            }),
         };
         let mut first = &host_end;
         protocol::write_frame(&mut first, &ToChild::Hello { protocol: PROTOCOL })?;
         protocol::write_frame(&mut first, &open)?;
 
-        let mut process = spawn::spawn(exe, name, OwnedFd::from(child_end), memory_max_bytes)?;
+        let passed: Vec<Arc<OwnedFd>> = listeners.values().map(|h| h.fd.clone()).collect();
+        let mut process = spawn::spawn(
+            exe,
+            name,
+            OwnedFd::from(child_end),
+            &passed,
+            memory_max_bytes,
+        )?;
         let pid = process.id().unwrap_or(0);
         let stderr = process.stderr.take();
         host_end.set_nonblocking(true)?;
@@ -189,7 +203,7 @@ impl Child {
         let request = ToChild::Call {
             id,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            call,
+            call: Box::new(call),
         };
         let sent = async {
             let mut frame = Vec::new();
@@ -244,6 +258,7 @@ impl Child {
         timeout: Duration,
     ) -> Result<(), CallError> {
         let _ = self.link.services.set(services.clone());
+        let handover = services.take_handover().map(|h| (h.version, h.bytes));
         let began = tokio::time::Instant::now();
         let opened = self
             .opened
@@ -268,6 +283,7 @@ impl Child {
         let call = Call::Construct {
             container: name.to_owned(),
             config_json,
+            handover,
         };
         let left = timeout
             .saturating_sub(began.elapsed())
@@ -281,6 +297,15 @@ impl Child {
 
     pub async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
         self.done("stop", Call::Stop, timeout).await
+    }
+
+    pub async fn handover(&self, timeout: Duration) -> Result<Option<Handover>, CallError> {
+        match self.call("handover", Call::Handover, timeout, true).await? {
+            Answer::Handover(state) => {
+                Ok(state.map(|(version, bytes)| Handover { version, bytes }))
+            }
+            other => Err(unexpected("handover", &other)),
+        }
     }
 
     pub async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
@@ -315,7 +340,7 @@ impl Child {
                 duration: Duration::from_micros(micros),
             })),
             Answer::NoReadiness => Ok(None),
-            Answer::Done => Err(unexpected("ready", &Answer::Done)),
+            other => Err(unexpected("ready", &other)),
         }
     }
 

@@ -29,7 +29,7 @@ pub enum ToChild {
     Call {
         id: u64,
         timeout_ms: u64,
-        call: Call,
+        call: Box<Call>,
     },
 }
 
@@ -47,11 +47,17 @@ pub enum Call {
         version: String,
         interface: (u32, u32),
         default_requires: Vec<String>,
+        /// The sockets the host holds for the container: name, address (as the config
+        /// writes it) and the descriptor the child got it as.
+        listeners: Vec<(String, String, i32)>,
     },
     Construct {
         container: String,
         config_json: String,
+        /// What the previous instance handed over: its version and bytes.
+        handover: Option<(u32, Vec<u8>)>,
     },
+    Handover,
     Start,
     Stop,
     Health,
@@ -92,6 +98,7 @@ pub enum Answer {
     },
     /// `ready` of a plugin without a readiness check (interface 1.0).
     NoReadiness,
+    Handover(Option<(u32, Vec<u8>)>),
 }
 
 /// Why a call did not succeed, as `loader::CallError` says it.

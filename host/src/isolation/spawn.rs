@@ -10,23 +10,31 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// The descriptor the child finds its socket at.
 pub const CHILD_FD: i32 = 3;
+/// The descriptor the child finds the first of its container's held sockets at; the
+/// others follow in order.
+pub const FIRST_LISTENER_FD: i32 = 4;
+/// Where descriptors are parked between fork and exec before they are moved into place,
+/// above any target.
+const PARKING: i32 = 1024;
 /// Set in the child's environment (the container's name): a library may tell it runs
 /// isolated.
 pub const CHILD_ENV: &str = "BALUT_ISOLATED";
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Starts `exe __isolate name` with `socket` as its descriptor 3, stdout shared with the
-/// host and stderr piped, `memory_max_bytes` as its `RLIMIT_AS`.
+/// Starts `exe __isolate name` with `socket` as its descriptor 3 and `listeners` from
+/// descriptor 4 on, stdout shared with the host and stderr piped, `memory_max_bytes` as its
+/// `RLIMIT_AS`.
 pub fn spawn(
     exe: &Path,
     name: &str,
     socket: OwnedFd,
+    listeners: &[Arc<OwnedFd>],
     memory_max_bytes: Option<u64>,
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(exe);
@@ -42,24 +50,36 @@ pub fn spawn(
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let fd = socket.as_raw_fd();
+    // Each source descriptor and where the child finds it, computed before the fork.
+    let sources: Vec<i32> = std::iter::once(socket.as_raw_fd())
+        .chain(listeners.iter().map(|fd| fd.as_raw_fd()))
+        .collect();
+    let mut parked = vec![-1; sources.len()];
+    let held: Vec<Arc<OwnedFd>> = listeners.to_vec();
     let parent = std::process::id();
     let limit = memory_max_bytes.map(|bytes| libc::rlimit {
         rlim_cur: bytes,
         rlim_max: bytes,
     });
     // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (dup2, fcntl, setpgid, prctl, getppid, setrlimit) on values
-    // computed before the fork; it allocates nothing.
+    // async-signal-safe functions (fcntl, dup2, setpgid, prctl, getppid, setrlimit) on values
+    // computed before the fork (the descriptors stay open until the spawn returns); it
+    // writes into `parked`, allocated before, and allocates nothing.
     unsafe {
         command.as_std_mut().pre_exec(move || {
-            if fd == CHILD_FD {
-                // dup2 onto itself would keep close-on-exec set.
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+            // Park every source above the targets first, so that moving one into place
+            // never closes another; then move them to 3, 4, ... (dup2 clears
+            // close-on-exec on the copy; the parked ones close at exec).
+            for (source, parked) in sources.iter().zip(parked.iter_mut()) {
+                *parked = libc::fcntl(*source, libc::F_DUPFD_CLOEXEC, PARKING);
+                if *parked == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, CHILD_FD) == -1 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for (parked, target) in parked.iter().zip(CHILD_FD..) {
+                if libc::dup2(*parked, target) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // A process group of its own: a terminal's Ctrl-C is for the host alone.
             if libc::setpgid(0, 0) == -1 {
@@ -87,6 +107,7 @@ pub fn spawn(
         let _ = tx.send(command.spawn());
         // The host's copy of the child's end closes here, once the child has its own.
         drop(socket);
+        drop(held);
     });
     spawner()?
         .lock()

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::Library;
 use crate::crash;
+use crate::services::Handover;
 
 /// Why a call into a container did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,6 +225,24 @@ impl Worker {
                 message: health.message.into_string(),
                 duration: began.elapsed(),
             }))
+        })
+        .await
+    }
+
+    /// The state the instance hands the next on a hot reload (interface 1.3; `None` from
+    /// older plugins and from those that hand nothing over).
+    pub async fn handover(&self, timeout: Duration) -> Result<Option<Handover>, CallError> {
+        self.call("handover", timeout, true, |slot| {
+            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+            match container.handover().into_option() {
+                None => Ok(None),
+                Some(result) => convert(result).map(|h| {
+                    Some(Handover {
+                        version: h.version,
+                        bytes: h.bytes.into_vec(),
+                    })
+                }),
+            }
         })
         .await
     }

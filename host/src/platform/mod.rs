@@ -23,7 +23,8 @@ use crate::loader::{
     CallError, ConfigCheck, HealthReport, LibraryFacts, LoadError, PluginInfo, UnloadReport,
 };
 use crate::model::Isolation;
-use crate::services::HostServices;
+use crate::services::{Handover, HostServices};
+use crate::sockets::Listeners;
 use crate::watcher::FolderEvent;
 
 /// The file name of a path, for logs and the API.
@@ -179,6 +180,11 @@ pub trait Calls: Send + Sync + 'static {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Result<Option<HealthReport>, CallError>> + Send;
+    /// The state the instance hands the next on a hot reload, if any.
+    fn handover(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Option<Handover>, CallError>> + Send;
     /// Drops the plugin's value.
     fn dispose(&self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
     /// Ends and joins the thread; fails (abandoning it) if it is stuck or does not end.
@@ -225,11 +231,12 @@ pub trait Platform: Send + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<ConfigCheck, CallError>> + Send;
     /// Starts the worker of container `name` on `library`: a thread of the host, or a
-    /// child process, as `confinement` says.
+    /// child process (which gets the container's held `listeners`), as `confinement` says.
     fn spawn(
         &self,
         name: &str,
         library: Arc<Self::Library>,
         confinement: &Confinement,
+        listeners: &Listeners,
     ) -> std::io::Result<Self::Worker>;
 }

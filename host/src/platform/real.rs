@@ -15,7 +15,8 @@ use crate::loader::{
     UnloadReport,
 };
 use crate::model::Isolation;
-use crate::services::HostServices;
+use crate::services::{Handover, HostServices};
+use crate::sockets::Listeners;
 use crate::watcher::{self, FolderEvent, FolderWatcher};
 
 /// The file system and the loader.
@@ -114,6 +115,9 @@ impl Calls for Worker {
     }
     async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
         either!(self, w => w.ready(timeout).await)
+    }
+    async fn handover(&self, timeout: Duration) -> Result<Option<Handover>, CallError> {
+        either!(self, w => w.handover(timeout).await)
     }
     async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
         either!(self, w => w.dispose(timeout).await)
@@ -216,6 +220,7 @@ impl Platform for Real {
         name: &str,
         library: Arc<Library>,
         confinement: &Confinement,
+        listeners: &Listeners,
     ) -> std::io::Result<Worker> {
         match confinement.isolation {
             Isolation::Thread => loader::Worker::spawn(name, library).map(Worker::Thread),
@@ -223,7 +228,7 @@ impl Platform for Real {
                 let exe = self.exe.as_deref().ok_or_else(|| {
                     std::io::Error::other("the path of the balut executable is unknown")
                 })?;
-                isolation::Child::spawn(exe, name, library, confinement.memory_max_bytes)
+                isolation::Child::spawn(exe, name, library, confinement.memory_max_bytes, listeners)
                     .map(Worker::Process)
             }
         }

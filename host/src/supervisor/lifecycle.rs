@@ -16,10 +16,9 @@ use super::policy::Exit;
 use super::set::{Hold, Instance};
 use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
-use crate::model::{Isolation, ProcessFigures, State, rfc3339};
-use crate::platform::{Calls, Confinement, Generation, Platform, file_name};
+use crate::model::State;
+use crate::platform::{Calls, Generation, Platform};
 use crate::probes;
-use crate::services::HostServices;
 
 /// Why a start did not succeed.
 enum StartError {
@@ -72,59 +71,18 @@ impl<P: Platform> Supervisor<P> {
                     continue;
                 }
             };
-            let generation = library.generation();
-            info!(container = %name, generation, "container starting");
-            self.containers.show(&name, |status| {
-                status.version = Some(library.info().version.clone());
-                status.generation = Some(generation);
-                status.file = Some(file_name(library.file()));
-                status.loaded_at = Some(rfc3339(library.loaded_at()));
-                status.sha256 = Some(library.short_hash().to_owned());
-            });
-            let confinement = container_confinement(&self.containers, &name);
-            let spare = self
-                .spares
-                .remove(&name)
-                .filter(|w| Arc::ptr_eq(w.library(), &library));
-            let spawned = match spare {
-                Some(worker) => Ok(worker),
-                None => self.platform.spawn(&name, library, &confinement),
-            };
-            let worker = match spawned {
-                Ok(worker) => Arc::new(worker),
-                Err(e) => {
-                    let what = match confinement.isolation {
-                        Isolation::Thread => "its thread",
-                        Isolation::Process => "its process",
-                    };
-                    self.fail(&name, format!("cannot start {what}: {e}"));
+            info!(container = %name, generation = library.generation(), "container starting");
+            let instance = match self.prepare_instance(&name, &library, None) {
+                Ok(instance) => instance,
+                Err(message) => {
+                    self.show_generation(&name, &*library, None);
+                    self.fail(&name, message);
                     self.after_failure(&name, Exit::Failed).await;
                     continue;
                 }
             };
-            if let Some(pid) = worker.pid() {
-                self.containers.show(&name, |status| {
-                    status.process = Some(ProcessFigures {
-                        pid,
-                        rss_bytes: 0,
-                        cpu_seconds: 0.0,
-                    });
-                });
-            }
-            self.next_instance += 1;
-            let services = HostServices::new(
-                &name,
-                generation,
-                self.next_instance,
-                self.inbox.notice_sender.clone(),
-            );
-            let instance = Instance {
-                id: self.next_instance,
-                generation,
-                worker: worker.clone(),
-                services: services.clone(),
-                probe_task: None,
-            };
+            self.show_generation(&name, &*library, instance.worker.pid());
+            let (worker, services) = (instance.worker.clone(), instance.services.clone());
             let job_name = name.clone();
             jobs.spawn(async move {
                 let outcome = match worker
@@ -266,7 +224,7 @@ impl<P: Platform> Supervisor<P> {
         }
     }
 
-    fn spawn_probes(
+    pub(super) fn spawn_probes(
         &self,
         name: &str,
         instance: &Instance<P::Worker>,
@@ -418,7 +376,7 @@ impl<P: Platform> Supervisor<P> {
 
     /// Ends an instance: stop (optionally), drop the plugin value, join its thread. A
     /// thread that does not end pins its generation. Returns the first problem.
-    async fn teardown_within(
+    pub(super) async fn teardown_within(
         &mut self,
         name: &str,
         mut instance: Instance<P::Worker>,
@@ -444,6 +402,18 @@ impl<P: Platform> Supervisor<P> {
                 } else {
                     format!("stop failed: {e}")
                 });
+            }
+        }
+        // A stop-first hot reload: the stopped instance hands its state to the next one.
+        if self.keep_state.remove(name) && problem.is_none() {
+            match instance.worker.handover(left()).await {
+                Ok(Some(state)) => {
+                    self.handed_over.insert(name.to_owned(), state);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(container = %name, error = %e, "its state could not be handed over; the next instance starts without it");
+                }
             }
         }
         if let Err(e) = instance.worker.dispose(left()).await {
@@ -482,14 +452,6 @@ impl<P: Platform> Supervisor<P> {
         error!(container = %name, generation, error = %error, "container failed");
         self.containers.set_state(name, State::Failed, Some(error));
     }
-}
-
-/// Where `name`'s calls run (its spec's, or the defaults if it is gone).
-fn container_confinement<W>(containers: &super::set::Containers<W>, name: &str) -> Confinement {
-    containers
-        .get(name)
-        .map(|c| c.spec.confinement)
-        .unwrap_or_default()
 }
 
 /// `containers.NAME.config.PATH: MESSAGE`, the key path of a refused config.

@@ -25,6 +25,7 @@ mod generations;
 mod handle;
 mod intake;
 mod lifecycle;
+mod overlap;
 mod policy;
 mod reload;
 mod set;
@@ -37,7 +38,7 @@ mod swap;
 pub use handle::ShutdownReport;
 pub use handle::{ControlError, Outcome, ReloadError, SupervisorHandle};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ use tracing::error;
 use crate::config::{Config, HostConfig};
 use crate::model::{ContainerStatus, State};
 use crate::platform::{LookRules, Platform, Unloaded};
-use crate::services::NoticeFrom;
+use crate::services::{Handover, NoticeFrom};
+use crate::sockets::Sockets;
 use crate::status::Board;
 use crate::watcher::FolderEvent;
 
@@ -117,6 +119,13 @@ pub struct Supervisor<P: Platform> {
     /// Workers spawned ahead for a hot swap (process isolation: the new generation's
     /// process starts, and opens it, before the old instance stops); taken by the start.
     spares: HashMap<String, P::Worker>,
+    /// The listening sockets held for containers.
+    sockets: Sockets,
+    /// Containers whose instance, being stopped for a stop-first hot reload, hands its
+    /// state over when stopped; and the states handed over, until the next instance takes
+    /// them.
+    keep_state: HashSet<String>,
+    handed_over: HashMap<String, Handover>,
     /// Backoff jitter; seeded, so a simulation replays exactly.
     rng: fastrand::Rng,
     phase: Phase,
@@ -160,6 +169,9 @@ impl<P: Platform> Supervisor<P> {
             shared: Arc::default(),
             next_instance: 0,
             spares: HashMap::new(),
+            sockets: Sockets::default(),
+            keep_state: HashSet::new(),
+            handed_over: HashMap::new(),
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::StartingUp,
             given_up: Vec::new(),

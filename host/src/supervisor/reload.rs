@@ -207,6 +207,7 @@ impl<P: Platform> Supervisor<P> {
             // A failed stop is logged and shown; the container is replaced all the same.
             let _ = self.stop_container(&name).await;
             self.containers.deregister(&name);
+            self.sockets.release(&name);
             info!(container = %name, "container deregistered");
         }
         for plugin in self.files.plugins() {

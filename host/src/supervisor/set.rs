@@ -6,6 +6,7 @@
 //! [`Containers::show`] or [`Containers::set_state`], which put it on the board at once.
 //! The board is a projection for readers: nothing here reads it back.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,13 +14,14 @@ use indexmap::IndexMap;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{ContainerConfig, HostConfig};
+use crate::config::{ContainerConfig, HostConfig, ReloadMode};
 use crate::events::EventKind;
 use crate::model::{ContainerStatus, HISTORY, State, Transition, rfc3339};
 use crate::platform::Confinement;
 use crate::probes::ProbeSpec;
 use crate::restart::{Backoff, RestartPolicy, Restarts};
 use crate::services::HostServices;
+use crate::sockets::Address;
 use crate::status::Board;
 
 /// How a container runs, resolved from its config, the host's defaults and its plugin.
@@ -38,6 +40,9 @@ pub struct Spec {
     pub readiness: Option<ProbeSpec>,
     /// Where its calls run, and the memory limit of its process.
     pub confinement: Confinement,
+    /// The sockets the host holds for it, by name.
+    pub listen: BTreeMap<String, Address>,
+    pub reload: ReloadMode,
 }
 
 impl Spec {
@@ -79,6 +84,19 @@ impl Spec {
                 config.map_or(&default, |c| &c.readiness),
                 ProbeSpec::READINESS,
             ),
+            listen: config
+                .map(|c| {
+                    c.listen
+                        .iter()
+                        .map(|(name, address)| (name.as_str().to_owned(), address.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reload: match config.and_then(|c| c.reload) {
+                Some(mode) => mode,
+                None if config.is_some_and(|c| !c.listen.is_empty()) => ReloadMode::Overlap,
+                None => ReloadMode::StopFirst,
+            },
             confinement: Confinement {
                 isolation: config.and_then(|c| c.isolation).unwrap_or(host.isolation),
                 memory_max_bytes: config.and_then(|c| c.memory_max_bytes).map(|b| b.get()),

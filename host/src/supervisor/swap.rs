@@ -2,7 +2,9 @@
 //!
 //! A swap loads the new generation beside the old one, stops the old containers, starts
 //! them on the new one, and if any fails, stops the new ones, puts the old generation back
-//! in service and starts them on it again. The refused content is remembered: until the
+//! in service and starts them on it again. Containers that overlap (`overlap.rs`) are not
+//! stopped: their new instance starts beside the running one and takes over once ready; if
+//! it fails, the running one was never disturbed. The refused content is remembered: until the
 //! file changes again, every later start (a restart, a liveness failure) uses the content
 //! in service, never the refused file.
 
@@ -16,6 +18,7 @@ use super::Phase;
 use super::Supervisor;
 use super::generations::Judged;
 use super::set::Hold;
+use crate::config::ReloadMode;
 use crate::events::EventKind;
 use crate::loader::LoadError;
 use crate::model::{FileState, Isolation, State};
@@ -151,7 +154,9 @@ impl<P: Platform> Supervisor<P> {
         None
     }
 
-    /// Moves the plugin's containers from generation `old` to `new`, or back.
+    /// Moves the plugin's containers from generation `old` to `new`, or back. Those that
+    /// overlap (`reload = "overlap"`) start on `new` beside their running instance; the
+    /// others stop first and start again.
     async fn swap(
         &mut self,
         path: &Path,
@@ -165,6 +170,8 @@ impl<P: Platform> Supervisor<P> {
         let live = self
             .containers
             .names_where(|c| c.plugin == plugin && c.is_live());
+        let (overlapping, sequential): (Vec<String>, Vec<String>) =
+            live.iter().cloned().partition(|n| self.overlaps(n));
         // A swap that fails does not count against the containers' restart budget.
         let budgets: Vec<_> = live
             .iter()
@@ -176,13 +183,22 @@ impl<P: Platform> Supervisor<P> {
             .collect();
         self.log_loaded(&*new);
         self.spawn_spares(&live, &new);
-        self.stop_named(&live, "is being reloaded").await;
+        self.keep_state.extend(sequential.iter().cloned());
+        self.stop_named(&sequential, "is being reloaded").await;
+        self.keep_state.clear();
+        // Kept until the new generation runs: a rollback gives the old one its state back.
+        let states = self.handed_over.clone();
         if let Err(duplicate) = self.files.install(path, new.clone(), &content) {
             // Cannot happen: the file already provides this plugin. Keep the old one.
             warn!(file, other = %duplicate.other.display(), "swap refused as a duplicate");
         }
         let mut failures = Vec::new();
-        for name in &live {
+        for name in &overlapping {
+            if let Err(reason) = self.overlap(name, &new).await {
+                failures.push(format!("{name}: {reason}"));
+            }
+        }
+        for name in &sequential {
             if !self.start_now(name).await {
                 let reason = self
                     .containers
@@ -194,6 +210,7 @@ impl<P: Platform> Supervisor<P> {
         }
         // Spares not taken (a container that did not start again) end here.
         self.spares.clear();
+        self.handed_over.clear();
         if failures.is_empty() {
             // Containers that were failed, waiting or refused their config get a chance
             // on the new version too.
@@ -232,14 +249,29 @@ impl<P: Platform> Supervisor<P> {
             reason: reason.clone(),
         });
         self.board.metrics.rolled_back(began.elapsed());
-        let started = self
-            .containers
-            .names_where(|c| c.plugin == plugin && c.is_live());
-        self.stop_named(&started, "is being rolled back").await;
         self.files.reinstate(path, &old);
         self.files.show(path, |s| {
             *s = super::generations::loaded_status(s.file.clone(), &*old)
         });
+        // Those already on the new generation go back: overlapping ones beside it again,
+        // the others stopped (and started below with the rest).
+        let on_new = self.containers.names_where(|c| {
+            c.plugin == plugin
+                && c.instance
+                    .as_ref()
+                    .is_some_and(|i| i.generation == new.generation())
+        });
+        let (back_beside, back_stopped): (Vec<String>, Vec<String>) =
+            on_new.into_iter().partition(|n| self.overlaps(n));
+        for name in &back_beside {
+            if let Err(reason) = self.overlap(name, &old).await {
+                warn!(container = %name, reason = %reason, "could not go back beside the new generation; restarting it on the old one");
+                self.stop_named(std::slice::from_ref(name), "is being rolled back")
+                    .await;
+            }
+        }
+        self.stop_named(&back_stopped, "is being rolled back").await;
+        self.handed_over = states;
         for (name, restarts) in budgets {
             let count = restarts.count;
             if let Some(container) = self.containers.get_mut(&name) {
@@ -250,6 +282,7 @@ impl<P: Platform> Supervisor<P> {
         for name in &live {
             self.start_now(name).await;
         }
+        self.handed_over.clear();
         let message = format!("{}: {reason}", path.display());
         self.refuse(
             path,
@@ -257,6 +290,13 @@ impl<P: Platform> Supervisor<P> {
             message,
             Judged::Content(content.hash),
         );
+    }
+
+    /// Whether a hot reload replaces `name`'s instance beside the running one.
+    fn overlaps(&self, name: &str) -> bool {
+        self.containers
+            .get(name)
+            .is_some_and(|c| c.spec.reload == ReloadMode::Overlap)
     }
 
     /// Spawns the isolated ones of `names` a process on `library` ahead of their stop, so
@@ -269,7 +309,11 @@ impl<P: Platform> Supervisor<P> {
             if confinement.isolation != Isolation::Process {
                 continue;
             }
-            match self.platform.spawn(name, library.clone(), &confinement) {
+            let listeners = self.sockets.held(name);
+            match self
+                .platform
+                .spawn(name, library.clone(), &confinement, &listeners)
+            {
                 Ok(worker) => {
                     self.spares.insert(name.clone(), worker);
                 }
@@ -325,6 +369,7 @@ impl<P: Platform> Supervisor<P> {
                     .set_state(name, State::Stopped, Some(reason));
             } else {
                 self.containers.deregister(name);
+                self.sockets.release(name);
             }
         }
         self.retry_duplicates_of(&plugin);

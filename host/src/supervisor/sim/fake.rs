@@ -306,6 +306,7 @@ impl Platform for FakePlatform {
         name: &str,
         library: Arc<FakeLibrary>,
         _confinement: &crate::platform::Confinement,
+        _listeners: &crate::sockets::Listeners,
     ) -> std::io::Result<FakeWorker> {
         Ok(FakeWorker {
             name: name.to_owned(),
@@ -463,6 +464,13 @@ impl Calls for FakeWorker {
                 .await
                 .map(|()| Some(report(true, ""))),
         }
+    }
+
+    async fn handover(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<crate::services::Handover>, CallError> {
+        self.act(Act::Ok, "handover", timeout).await.map(|()| None)
     }
 
     async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {

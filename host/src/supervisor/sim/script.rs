@@ -143,6 +143,9 @@ impl Script {
                 "[containers.{name}]\nplugin = \"{plugin}\"\nrestart = \"{policy}\"\nconfig = {config}\nstart_timeout_ms = {}\n",
                 self.pick(&["500", "1000"])
             );
+            if self.chance(40) {
+                entry.push_str("reload = \"overlap\"\n");
+            }
             if !requires.is_empty() || self.chance(20) {
                 let list: Vec<String> = requires.iter().map(|r| format!("\"{r}\"")).collect();
                 entry.push_str(&format!("requires = [{}]\n", list.join(", ")));

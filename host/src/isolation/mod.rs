@@ -141,7 +141,7 @@ impl Child {
         let (reader, writer) = tokio::net::UnixStream::from_std(host_end)?.into_split();
         let (terminate, terminate_rx) = watch::channel(false);
         let (ended_tx, ended) = watch::channel(None);
-        let drained = tokio::spawn(read_stderr(stderr, link.clone()));
+        let drained = tokio::spawn(read_stderr(stderr, link.clone(), pid));
         tokio::spawn(read_frames(reader, link.clone(), terminate.clone()));
         tokio::spawn(wait(process, link.clone(), terminate_rx, drained, ended_tx));
         Ok(Self {
@@ -162,6 +162,11 @@ impl Child {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the process has ended (and was reaped).
+    pub fn has_ended(&self) -> bool {
+        self.ended.borrow().is_some()
     }
 
     /// Ends the process: SIGTERM, then SIGKILL after [`KILL_GRACE`].
@@ -496,23 +501,55 @@ fn level_of(level: u8) -> FfiLevel {
     }
 }
 
-/// Passes the child's stderr on to the host's, line by line, noting what tells how it ends.
-async fn read_stderr(stderr: Option<tokio::process::ChildStderr>, link: Arc<Link>) {
+/// The longest line of a child's stderr passed on whole; a longer one is passed on in
+/// pieces this long, so a plugin writing without newlines cannot grow the host's memory.
+const MAX_STDERR_LINE: usize = 64 * 1024;
+
+/// Passes the child's stderr on to the host's, line by line, each line led by the
+/// container's name and the process's pid (`web[4242]: ...`), noting what tells how it
+/// ends.
+async fn read_stderr(stderr: Option<tokio::process::ChildStderr>, link: Arc<Link>, pid: u32) {
     use std::io::Write;
     let Some(stderr) = stderr else { return };
-    let mut lines = BufReader::new(stderr);
+    let mut input = BufReader::new(stderr);
+    let prefix = format!("{}[{pid}]: ", link.container);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match lines.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        let Ok(chunk) = input.fill_buf().await else {
+            return;
+        };
+        if chunk.is_empty() {
+            if !line.is_empty() {
+                pass_on(&link, &prefix, &mut line);
+            }
+            return;
+        }
+        let (taken, complete) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX_STDERR_LINE.saturating_sub(line.len()).max(1);
+        let taken = taken.min(room);
+        line.extend_from_slice(&chunk[..taken]);
+        input.consume(taken);
+        if complete || line.len() >= MAX_STDERR_LINE {
+            pass_on(&link, &prefix, &mut line);
+        }
+    }
+
+    fn pass_on(link: &Link, prefix: &str, line: &mut Vec<u8>) {
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
         }
         link.hints
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .note(&String::from_utf8_lossy(&line));
-        let _ = std::io::stderr().write_all(&line);
+            .note(&String::from_utf8_lossy(line));
+        let mut out = Vec::with_capacity(prefix.len() + line.len());
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+        let _ = std::io::stderr().write_all(&out);
+        line.clear();
     }
 }
 

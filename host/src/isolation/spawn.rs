@@ -39,7 +39,10 @@ pub fn spawn(
 ) -> std::io::Result<tokio::process::Child> {
     let mut command = tokio::process::Command::new(exe);
     command
+        .arg0("balut")
         .arg("__isolate")
+        // A container may be named `-v`: the name is never an option.
+        .arg("--")
         .arg(name)
         .env(CHILD_ENV, name)
         .env_remove("NOTIFY_SOCKET")

@@ -134,6 +134,14 @@ pub async fn run(exe: &Path, copy: &Path, timeout: Duration) -> Result<(), Failu
 }
 
 /// The executable that runs pre-flights: this very binary.
+///
+/// `/proc/self/exe` where there is one: it names this process's own image even after the
+/// file was deleted or replaced (an upgrade that renamed a new binary into place), so a
+/// child always runs the very code, and protocol, of the host that spawns it.
 pub fn own_executable() -> std::io::Result<PathBuf> {
+    let own = PathBuf::from("/proc/self/exe");
+    if own.exists() {
+        return Ok(own);
+    }
     std::env::current_exe()
 }

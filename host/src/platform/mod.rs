@@ -162,6 +162,10 @@ pub trait Calls: Send + Sync + 'static {
     fn pid(&self) -> Option<u32> {
         None
     }
+    /// Whether its process ended on its own: no call can reach it any more.
+    fn has_ended(&self) -> bool {
+        false
+    }
     fn construct(
         &self,
         name: &str,

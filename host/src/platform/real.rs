@@ -89,6 +89,12 @@ impl Calls for Worker {
             Self::Process(child) => Some(child.pid()),
         }
     }
+    fn has_ended(&self) -> bool {
+        match self {
+            Self::Thread(_) => false,
+            Self::Process(child) => child.has_ended(),
+        }
+    }
     async fn construct(
         &self,
         name: &str,

@@ -395,6 +395,8 @@ impl<P: Platform> Supervisor<P> {
                 .max(Duration::from_millis(1))
         };
         let mut problem = None;
+        // A process that ended on its own (its failure already says how) gets no calls.
+        let call_stop = call_stop && !instance.worker.has_ended();
         if call_stop {
             if let Err(e) = instance.worker.stop(left()).await {
                 problem = Some(if e.is_stuck() {
@@ -416,9 +418,17 @@ impl<P: Platform> Supervisor<P> {
                 }
             }
         }
-        if let Err(e) = instance.worker.dispose(left()).await {
+        let dispose = match instance.worker.has_ended() {
+            true => Ok(()),
+            false => instance.worker.dispose(left()).await,
+        };
+        if let Err(e) = dispose {
             if !matches!(e, CallError::Stuck) || problem.is_none() {
-                problem.get_or_insert(format!("drop {e}"));
+                // `drop panicked: ...`, `drop stuck: ...`, `drop failed: ...`.
+                problem.get_or_insert(match e {
+                    CallError::Failed(_) | CallError::Ended(_) => format!("drop failed: {e}"),
+                    other => format!("drop {other}"),
+                });
             }
         }
         let library = instance.worker.library().clone();

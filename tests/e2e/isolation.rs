@@ -481,11 +481,18 @@ impl World {
             STATE_TIMEOUT,
             |h| failed_lines(h, self.mark, "victim", row.says).len() >= 2,
         );
+        let victim = host.container("victim");
         assert!(
-            host.container("victim")["state"] != "running",
-            "victim runs despite crashing in start: {}",
-            host.container("victim")
+            victim["state"] != "running",
+            "victim runs despite crashing in start: {victim}"
         );
+        // Every child but the one of the attempt under way (if any) ended and was reaped.
+        let ended: BTreeSet<u32> = seen
+            .iter()
+            .copied()
+            .filter(|&pid| Some(pid) != pid_of(&victim))
+            .collect();
+        wait_gone(host, &ended, host.pid());
         seen
     }
 

@@ -1,5 +1,6 @@
 //! The HTTP API: status reads from the [`Board`], control requests go to the supervisor.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -24,7 +25,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tracing::warn;
 
 use crate::events::Event;
-use crate::model::{ContainerStatus, State as ContainerState};
+use crate::isolation::figures;
+use crate::model::{ContainerStatus, ProcessFigures, State as ContainerState};
 use crate::status::Board;
 use crate::supervisor::{ControlError, ReloadError, SupervisorHandle};
 
@@ -197,13 +199,19 @@ impl ListCache {
     /// Brings the rendering up to `version` of `containers`, serializing again only the
     /// containers that changed: with 1,000 containers and a probe result every few
     /// milliseconds, most changes touch one of them.
+    ///
+    /// Isolated containers' process figures are read at each request: a board with any
+    /// of them is rendered again each time (only the containers whose figures changed).
     fn update(&mut self, version: u64, containers: &[ContainerStatus]) -> serde_json::Result<()> {
-        if self.version == Some(version) {
+        let live = containers.iter().any(|c| c.process.is_some());
+        if self.version == Some(version) && !live {
             return Ok(());
         }
         let mut parts = Vec::with_capacity(containers.len());
         let mut old = std::mem::take(&mut self.parts).into_iter();
         for status in containers {
+            let fresh = with_figures(status);
+            let status = &*fresh;
             // The board keeps containers in registration order, so an unchanged one is at
             // the same place as last time.
             let part = match old.next() {
@@ -226,6 +234,19 @@ impl ListCache {
         self.body = Bytes::from(body);
         self.version = Some(version);
         Ok(())
+    }
+}
+
+/// `status` with its process's figures as of now, if it is an isolated live instance.
+fn with_figures(status: &ContainerStatus) -> Cow<'_, ContainerStatus> {
+    match status.process {
+        Some(process) => {
+            let mut fresh = status.clone();
+            // A process that just ended keeps its pid (with zeroes) until the board says.
+            fresh.process = Some(figures::of(process.pid).unwrap_or(process));
+            Cow::Owned(fresh)
+        }
+        None => Cow::Borrowed(status),
     }
 }
 
@@ -259,7 +280,7 @@ async fn get_container(
     let board = app.board.read();
     match board.containers.iter().find(|c| c.name == name) {
         Some(status) => json_bytes(&crate::model::ContainerDetail {
-            status,
+            status: &with_figures(status),
             probes: &status.probes,
             history: &status.history,
         }),
@@ -366,7 +387,13 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// `GET /metrics`: Prometheus metrics in the OpenMetrics text format.
 async fn metrics(State(app): State<AppState>) -> Response {
-    let rendered = app.board.metrics.render(&app.board.read());
+    let board = app.board.read();
+    let processes: Vec<(&str, ProcessFigures)> = board
+        .containers
+        .iter()
+        .filter_map(|c| Some((c.name.as_str(), figures::of(c.process?.pid)?)))
+        .collect();
+    let rendered = app.board.metrics.render(&board, &processes);
     match rendered {
         Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
         Err(e) => error(
@@ -453,7 +480,7 @@ mod tests {
     use crate::model::State;
 
     fn status(name: &str) -> ContainerStatus {
-        ContainerStatus::registered(name, "chaos", Vec::new())
+        ContainerStatus::registered(name, "chaos", Vec::new(), crate::model::Isolation::Thread)
     }
 
     /// What serializing the whole list at once gives.

@@ -33,6 +33,13 @@ pub enum Command {
         /// The private copy to open.
         library: PathBuf,
     },
+    /// Internal: serve one isolated container instance's calls in this process, over the
+    /// socket the host passed as descriptor 3.
+    #[command(name = "__isolate", hide = true)]
+    Isolate {
+        /// The container's name (for the process list; the host sends everything else).
+        container: String,
+    },
 }
 
 /// Where the host's API is: a TCP address, or the owner-only Unix socket.

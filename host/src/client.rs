@@ -285,11 +285,26 @@ fn paint(state: &str, colour: bool) -> (&'static str, &'static str) {
     }
 }
 
+/// Where a container runs: `host` (a thread of the host), or its process's pid, resident
+/// memory and CPU time (process isolation), `-` while an isolated one has no process.
+fn process(container: &Value) -> String {
+    let process = &container["process"];
+    match process["pid"].as_u64() {
+        Some(pid) => {
+            let mib = process["rss_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
+            let cpu = process["cpu_seconds"].as_f64().unwrap_or(0.0);
+            format!("{pid} {mib:.1}MiB {cpu:.2}s")
+        }
+        None if container["isolation"] == "process" => "-".to_owned(),
+        None => "host".to_owned(),
+    }
+}
+
 fn table(containers: &[Value], colour: bool) -> String {
     let header = [
-        "NAME", "PLUGIN", "VERSION", "GEN", "STATE", "SINCE", "ERROR",
+        "NAME", "PLUGIN", "VERSION", "GEN", "STATE", "SINCE", "PROCESS", "ERROR",
     ];
-    let rows: Vec<[String; 7]> = containers
+    let rows: Vec<[String; 8]> = containers
         .iter()
         .map(|c| {
             [
@@ -299,6 +314,7 @@ fn table(containers: &[Value], colour: bool) -> String {
                 text(&c["generation"]),
                 text(&c["state"]),
                 text(&c["since"]),
+                process(c),
                 text(&c["last_error"]),
             ]
         })
@@ -354,6 +370,19 @@ mod tests {
         let lines: Vec<_> = out.lines().collect();
         assert!(lines[0].starts_with("NAME         PLUGIN"));
         assert!(lines[1].starts_with("web          http-echo  0.1.0"));
-        assert!(lines[2].ends_with("failed   2026-01-01T00:00:00.000Z  boom"));
+        assert!(lines[2].ends_with("failed   2026-01-01T00:00:00.000Z  host     boom"));
+    }
+
+    #[test]
+    fn an_isolated_container_shows_its_process() {
+        let running = json!({"isolation": "process",
+            "process": {"pid": 4242, "rss_bytes": 3_250_586, "cpu_seconds": 0.25}});
+        assert_eq!(process(&running), "4242 3.1MiB 0.25s");
+        let between = json!({"isolation": "process", "process": null});
+        assert_eq!(process(&between), "-");
+        assert_eq!(
+            process(&json!({"isolation": "thread", "process": null})),
+            "host"
+        );
     }
 }

@@ -95,7 +95,7 @@ impl Api {
             .enable_all()
             .build()?;
         let board = Board::default();
-        let platform = Real::new(None, std::time::Duration::from_secs(10), None)?;
+        let platform = Real::new(None, std::time::Duration::from_secs(10), None, false)?;
         let mut supervisor = Supervisor::new(
             Settings {
                 plugin_dir: PathBuf::from(&plugin_dir),

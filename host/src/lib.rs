@@ -15,6 +15,7 @@ mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod isolation;
 mod limits;
 pub mod loader;
 mod logging;
@@ -84,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
         Command::Preflight { library } => loader::preflight::child(&library),
+        Command::Isolate { container: _ } => isolation::child_main(),
     };
     crash::exiting_on_purpose();
     code
@@ -263,17 +265,18 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let board = Board::default();
     let plugin_dir = settings.plugin_dir.clone();
     let host = &settings.config.host;
-    let preflight = match loader::preflight::own_executable() {
+    let exe = match loader::preflight::own_executable() {
         Ok(exe) => Some(exe),
         Err(e) => {
-            warn!(error = %e, "cannot find balut's own executable; new plugin files are opened without a pre-flight");
+            warn!(error = %e, "cannot find balut's own executable; new plugin files are opened without a pre-flight, and isolated containers cannot start");
             None
         }
     };
     let platform = Real::new(
         host.copy_dir.as_deref(),
         host.load_timeout_ms.duration(),
-        preflight,
+        exe,
+        true,
     )
     .context("creating the private copy folder")?;
     let private_dir = platform.private_dir().to_owned();

@@ -6,6 +6,7 @@
 //! that could not be unloaded) are read from a board snapshot at scrape time, so they are
 //! never out of step with `GET /v1/containers`.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,7 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::ProbeKind;
-use crate::model::{Snapshot, State};
+use crate::model::{ProcessFigures, Snapshot, State};
 
 /// Every container state, in the order `/metrics` lists them.
 const STATES: [(State, &str); 8] = [
@@ -83,6 +84,9 @@ pub struct Metrics {
     unload_duration: Histogram,
     /// API connections the limits closed, per listener and reason.
     api_closed: Family<ClosedLabel, Counter>,
+    /// Isolated containers' processes: resident memory and CPU time, as of the scrape.
+    resident: Family<ContainerLabel, Gauge>,
+    cpu: Family<ContainerLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -173,9 +177,23 @@ impl Default for Metrics {
             "API connections closed to stay within the limits, per listener and reason (refused: over the cap; evicted: to make room; header_timeout: no request head in time)",
             api_closed.clone(),
         );
+        let resident = Family::<ContainerLabel, Gauge>::default();
+        registry.register(
+            "container_resident_bytes",
+            "Resident memory of each isolated container's process",
+            resident.clone(),
+        );
+        let cpu = Family::<ContainerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "container_cpu_seconds",
+            "CPU time (user and system) of each isolated container's current process; a restart starts it again from 0",
+            cpu.clone(),
+        );
         Self {
             registry,
             containers,
+            resident,
+            cpu,
             not_unloaded,
             restarts,
             probes,
@@ -265,8 +283,23 @@ impl Metrics {
     }
 
     /// The registry in the Prometheus text format, with the board's gauges as of
-    /// `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
+    /// `snapshot` and the figures of the isolated containers' `processes`.
+    pub fn render(
+        &self,
+        snapshot: &Snapshot,
+        processes: &[(&str, ProcessFigures)],
+    ) -> Result<String, std::fmt::Error> {
+        self.resident.clear();
+        self.cpu.clear();
+        for (container, figures) in processes {
+            let label = ContainerLabel {
+                container: (*container).to_owned(),
+            };
+            self.resident
+                .get_or_create(&label)
+                .set(i64::try_from(figures.rss_bytes).unwrap_or(i64::MAX));
+            self.cpu.get_or_create(&label).set(figures.cpu_seconds);
+        }
         for (state, label) in STATES {
             let count = snapshot
                 .containers
@@ -296,7 +329,7 @@ mod tests {
         metrics.load(false, Duration::from_millis(1));
         metrics.restart("web");
         metrics.probe(ProbeKind::Liveness, true, 0.5);
-        let text = metrics.render(&Snapshot::default()).unwrap();
+        let text = metrics.render(&Snapshot::default(), &[]).unwrap();
         for state in STATES.map(|(_, label)| label) {
             assert!(
                 text.contains(&format!("balut_containers{{state=\"{state}\"}} 0")),

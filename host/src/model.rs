@@ -4,7 +4,36 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Where a container's calls run: on a thread of the host (microsecond calls; a crash in
+/// plugin code ends the host), or in a child process of its own (a crash ends only it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    #[default]
+    Thread,
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Thread => "thread",
+            Self::Process => "process",
+        }
+    }
+}
+
+/// A live isolated instance's process and what it uses, read from `/proc` when shown.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProcessFigures {
+    pub pid: u32,
+    /// Resident memory.
+    pub rss_bytes: u64,
+    /// User and system CPU time since the process started.
+    pub cpu_seconds: f64,
+}
 
 /// A container's lifecycle state, reported as a lowercase string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,6 +108,10 @@ pub struct ContainerStatus {
     /// When a container in backoff or quarantine is tried again.
     pub next_retry: Option<String>,
     pub requires: Vec<String>,
+    /// Where its calls run.
+    pub isolation: Isolation,
+    /// The child process of a live isolated instance (figures filled in when shown).
+    pub process: Option<ProcessFigures>,
     /// The last ten probe results, oldest first (in the one-container view only: the list
     /// stays small and fast).
     #[serde(skip)]
@@ -90,7 +123,12 @@ pub struct ContainerStatus {
 
 impl ContainerStatus {
     /// A container just registered: stopped since now, nothing loaded, nothing probed.
-    pub fn registered(name: &str, plugin: &str, requires: Vec<String>) -> Self {
+    pub fn registered(
+        name: &str,
+        plugin: &str,
+        requires: Vec<String>,
+        isolation: Isolation,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             plugin: plugin.to_owned(),
@@ -107,6 +145,8 @@ impl ContainerStatus {
             restarts: 0,
             next_retry: None,
             requires,
+            isolation,
+            process: None,
             probes: Vec::new(),
             history: Vec::new(),
         }

@@ -26,6 +26,9 @@ pub enum Notice {
     /// Interface 1.2: `Context::report_finished`, with the plugin's message: the container
     /// has finished its work (a clean end, not a failure).
     Finished(String),
+    /// The container's process ended on its own (process isolation): the reason, such as
+    /// `killed by signal SIGSEGV`.
+    Ended(String),
 }
 
 /// What one instance reported and the supervisor has not handled yet: the latest
@@ -38,6 +41,7 @@ struct Mailbox {
     readiness_changed: AtomicBool,
     failure: Mutex<Option<String>>,
     finished: Mutex<Option<String>>,
+    ended: Mutex<Option<String>>,
 }
 
 /// A wake-up for the supervisor: instance `instance` of `container` has notices. At most
@@ -70,6 +74,9 @@ impl NoticeFrom {
         }
         if let Some(message) = take(&self.mailbox.finished) {
             notices.push(Notice::Finished(message));
+        }
+        if let Some(reason) = take(&self.mailbox.ended) {
+            notices.push(Notice::Ended(reason));
         }
         notices
     }
@@ -144,6 +151,57 @@ impl HostServices {
         self.fill(&self.mailbox.finished, message);
     }
 
+    /// The container's process ended without being asked to (process isolation).
+    pub fn report_ended(&self, reason: &str) {
+        self.fill(&self.mailbox.ended, reason);
+    }
+
+    /// Whether a stop was requested (`Context::stop_requested`).
+    pub fn is_stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    /// Emits one of the plugin's log lines, tagged with the container and generation. The
+    /// caller has cut the message and each field value with [`clip`].
+    pub fn log<'a>(
+        &self,
+        level: FfiLevel,
+        message: &str,
+        fields: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) {
+        let container = &*self.container;
+        let generation = self.generation;
+        // Text: `message key=value ...`; JSON: the fields as keys of the line (logging.rs).
+        let (text_fields, json_fields) = if crate::logging::is_json() {
+            (String::new(), json_fields(fields))
+        } else {
+            (format_fields(fields), None)
+        };
+        macro_rules! emit {
+            ($level:expr) => {
+                match &json_fields {
+                    Some(plugin_fields) => tracing::event!(
+                        target: "plugin", $level,
+                        container = %container, generation, plugin_fields = %plugin_fields,
+                        "{message}"
+                    ),
+                    None => tracing::event!(
+                        target: "plugin", $level,
+                        container = %container, generation,
+                        "{message}{text_fields}"
+                    ),
+                }
+            };
+        }
+        match level {
+            FfiLevel::Error => emit!(tracing::Level::ERROR),
+            FfiLevel::Warn => emit!(tracing::Level::WARN),
+            FfiLevel::Info => emit!(tracing::Level::INFO),
+            FfiLevel::Debug => emit!(tracing::Level::DEBUG),
+            FfiLevel::Trace => emit!(tracing::Level::TRACE),
+        }
+    }
+
     fn fill(&self, slot: &Mutex<Option<String>>, text: &str) {
         slot.lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -181,7 +239,7 @@ impl HostServices {
 pub const MAX_LOG_BYTES: usize = 64 * 1024;
 
 /// `text`, cut to [`MAX_LOG_BYTES`] with a marker saying how much was left out.
-fn clip(text: &str) -> Cow<'_, str> {
+pub(crate) fn clip(text: &str) -> Cow<'_, str> {
     if text.len() <= MAX_LOG_BYTES {
         return Cow::Borrowed(text);
     }
@@ -197,27 +255,25 @@ fn clip(text: &str) -> Cow<'_, str> {
 }
 
 /// Formats plugin fields as ` key=value`, quoting values with spaces or quotes.
-fn format_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> String {
+fn format_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::new();
-    for Tuple2(key, value) in fields.iter() {
-        let value = clip(value.as_str());
+    for (key, value) in fields {
         if value.is_empty() || value.contains([' ', '"', '=']) {
-            let _ = write!(out, " {}={value:?}", key.as_str());
+            let _ = write!(out, " {key}={value:?}");
         } else {
-            let _ = write!(out, " {}={value}", key.as_str());
+            let _ = write!(out, " {key}={value}");
         }
     }
     out
 }
 
 /// Plugin fields as one JSON object text, or `None` when there are none.
-fn json_fields(fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>) -> Option<String> {
-    if fields.is_empty() {
+fn json_fields<'a>(fields: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Option<String> {
+    if fields.len() == 0 {
         return None;
     }
     let object: serde_json::Map<String, serde_json::Value> = fields
-        .iter()
-        .map(|Tuple2(key, value)| (key.as_str().to_owned(), clip(value.as_str()).into()))
+        .map(|(key, value)| (key.to_owned(), value.into()))
         .collect();
     Some(serde_json::Value::Object(object).to_string())
 }
@@ -229,38 +285,13 @@ impl FfiHost for HostServices {
         message: RStr<'_>,
         fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>,
     ) {
-        let container = &*self.container;
-        let generation = self.generation;
-        let message = clip(message.as_str());
-        // Text: `message key=value ...`; JSON: the fields as keys of the line (logging.rs).
-        let (text_fields, json_fields) = if crate::logging::is_json() {
-            (String::new(), json_fields(fields))
-        } else {
-            (format_fields(fields), None)
-        };
-        macro_rules! emit {
-            ($level:expr) => {
-                match &json_fields {
-                    Some(plugin_fields) => tracing::event!(
-                        target: "plugin", $level,
-                        container = %container, generation, plugin_fields = %plugin_fields,
-                        "{message}"
-                    ),
-                    None => tracing::event!(
-                        target: "plugin", $level,
-                        container = %container, generation,
-                        "{message}{text_fields}"
-                    ),
-                }
-            };
-        }
-        match level {
-            FfiLevel::Error => emit!(tracing::Level::ERROR),
-            FfiLevel::Warn => emit!(tracing::Level::WARN),
-            FfiLevel::Info => emit!(tracing::Level::INFO),
-            FfiLevel::Debug => emit!(tracing::Level::DEBUG),
-            FfiLevel::Trace => emit!(tracing::Level::TRACE),
-        }
+        let clipped: Vec<(&str, Cow<'_, str>)> = fields
+            .as_slice()
+            .iter()
+            .map(|Tuple2(key, value)| (key.as_str(), clip(value.as_str())))
+            .collect();
+        let fields = clipped.iter().map(|(key, value)| (*key, value.as_ref()));
+        HostServices::log(self, level, &clip(message.as_str()), fields);
     }
 
     fn stop_requested(&self) -> bool {
@@ -292,7 +323,7 @@ mod tests {
             Tuple2(RStr::from_str("empty"), RStr::from_str("")),
         ];
         assert_eq!(
-            format_fields(RSlice::from_slice(&fields)),
+            format_fields(fields.iter().map(|Tuple2(k, v)| (k.as_str(), v.as_str()))),
             r#" port=8080 path="/a b" empty="""#
         );
     }
@@ -308,8 +339,6 @@ mod tests {
             "{} bytes, not ending in the marker",
             clipped.len()
         );
-        let fields = [Tuple2(RStr::from_str("big"), RStr::from_str(&long))];
-        assert!(format_fields(RSlice::from_slice(&fields)).contains("truncated"));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::model::Isolation;
 use crate::restart::{Backoff, RestartPolicy};
 
 /// Why a config file was refused.
@@ -107,6 +108,9 @@ pub struct HostConfig {
     /// The send buffer of one `/v1/events` stream: what a client that stops reading may
     /// leave unread in the host before its writes stall.
     pub sse_client_buffer_bytes: BufferBytes,
+    /// Where containers' calls run unless their entry says: `"thread"` (in the host) or
+    /// `"process"` (each instance in a child process of its own).
+    pub isolation: Isolation,
 }
 
 impl Default for HostConfig {
@@ -129,6 +133,7 @@ impl Default for HostConfig {
             api_max_connections: DEFAULT_API_MAX_CONNECTIONS,
             api_send_timeout_ms: Millis(30_000),
             sse_client_buffer_bytes: BufferBytes(64 * 1024),
+            isolation: Isolation::Thread,
         }
     }
 }
@@ -159,7 +164,17 @@ pub struct ContainerConfig {
     /// dependents.
     #[serde(default)]
     pub readiness: ProbeConfig,
+    /// `"thread"` or `"process"`; the host's `isolation` when absent.
+    pub isolation: Option<Isolation>,
+    /// The address-space limit (`RLIMIT_AS`) of the container's process: process
+    /// isolation only, at least [`MIN_MEMORY_MAX_BYTES`].
+    pub memory_max_bytes: Option<NonZeroU64>,
 }
+
+/// The smallest `memory_max_bytes`: the child's own runtime, the library and a few thread
+/// stacks (address space, not resident memory) need about this much before the plugin
+/// allocates anything.
+pub const MIN_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `[containers.NAME.backoff]`: restart timing. Defaults as in `restart.rs`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -330,7 +345,31 @@ impl Config {
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         config.check_requires()?;
+        config.check_confinement()?;
         Ok(config)
+    }
+
+    /// A memory limit only where the container runs in a process of its own, and one it
+    /// can start under.
+    fn check_confinement(&self) -> Result<(), String> {
+        for (name, container) in &self.containers {
+            let Some(limit) = container.memory_max_bytes else {
+                continue;
+            };
+            if container.isolation.unwrap_or(self.host.isolation) != Isolation::Process {
+                return Err(format!(
+                    "containers.{name}.memory_max_bytes: a memory limit needs \
+                     isolation = \"process\" (a container in the host's process shares its memory)"
+                ));
+            }
+            if limit.get() < MIN_MEMORY_MAX_BYTES {
+                return Err(format!(
+                    "containers.{name}.memory_max_bytes: {limit} is below the minimum of \
+                     {MIN_MEMORY_MAX_BYTES} (64 MiB) a container's process needs to start"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every `requires` names a declared container, and there is no cycle.

@@ -44,6 +44,8 @@ static PREVIOUS: OnceLock<[libc::sigaction; FATAL.len()]> = OnceLock::new();
 static ON_PURPOSE: AtomicBool = AtomicBool::new(false);
 /// The exit code that replaces an `exit()` from plugin code.
 static EXIT_CODE: AtomicI32 = AtomicI32::new(70);
+/// Whether an `exit()` from plugin code keeps its own code (an isolated container's process).
+static KEEP_CODE: AtomicBool = AtomicBool::new(false);
 /// The last thread that wrote a fatal-signal line: a crash that leads to another signal on
 /// the same thread (std's stack overflow report aborts) writes one line, not two.
 static REPORTED_BY: AtomicI32 = AtomicI32::new(0);
@@ -57,6 +59,13 @@ pub fn install(exit_code: u8) -> std::io::Result<()> {
     DONE.get_or_init(|| install_once().map_err(|e| e.to_string()))
         .clone()
         .map_err(std::io::Error::other)
+}
+
+/// [`install`] for an isolated container's process: an `exit(N)` from plugin code still
+/// writes its line, but ends the process with N (the host reports `exited with code N`).
+pub fn install_keeping_exit_codes() -> std::io::Result<()> {
+    KEEP_CODE.store(true, Ordering::SeqCst);
+    install(70)
 }
 
 /// Tells the exit hook that the process is exiting through balut's own path (returning
@@ -126,6 +135,38 @@ fn install_once() -> std::io::Result<()> {
         }
     }
     install_exit_hook()
+}
+
+/// In an isolated container's process: SIGTERM and SIGINT end it only when the host sends
+/// them. Others (a terminal's Ctrl-C to its process group, systemd's SIGTERM to every
+/// process of the unit) are for the host, which then stops its containers in order.
+pub fn obey_only_the_parent() -> std::io::Result<()> {
+    let mut action = empty_action();
+    action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: `action` is a valid sigaction whose handler only calls async-signal-safe
+        // functions (see `on_stop_signal`); `oldact` is null.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Dies by `signal` if the parent sent it, else ignores it. Async-signal-safe calls only:
+/// `getppid`, `sigaction`, `raise`.
+extern "C" fn on_stop_signal(signal: c_int, info: *mut libc::siginfo_t, _context: *mut c_void) {
+    if info.is_null() {
+        return;
+    }
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t (null was checked); for a
+    // signal sent with kill(2), si_pid is the field it filled.
+    let sender = unsafe { (*info).si_pid() };
+    // SAFETY: getppid has no preconditions and cannot fail.
+    if sender == unsafe { libc::getppid() } {
+        die_by(signal);
+    }
 }
 
 fn empty_action() -> libc::sigaction {
@@ -258,7 +299,10 @@ fn after_exit(status: Option<c_int>) {
     if !who.is_known() && (main_thread || ON_PURPOSE.load(Ordering::SeqCst)) {
         return;
     }
-    let code = EXIT_CODE.load(Ordering::SeqCst);
+    let code = match status {
+        Some(status) if KEEP_CODE.load(Ordering::SeqCst) => status,
+        _ => EXIT_CODE.load(Ordering::SeqCst),
+    };
     write_stderr(registry::exit_line(status, code, &who).as_bytes());
     // SAFETY: `_exit` ends the process at once with `code`. Skipping what `exit` would do
     // next is the point, and sound: the remaining exit handlers, the flush of C stdio (balut

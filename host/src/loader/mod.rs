@@ -304,11 +304,14 @@ impl Loader {
             }
         }
 
-        let file_name = file.file_name().map_or_else(
-            || file.display().to_string(),
-            |name| name.to_string_lossy().into_owned(),
-        );
-        match open_on_own_thread(copy.clone(), file_name, generation, self.load_timeout).await {
+        match open_on_own_thread(
+            copy.clone(),
+            plugin_file_name(file),
+            generation,
+            self.load_timeout,
+        )
+        .await
+        {
             Ok((handle, module)) => Ok(Arc::new(Library {
                 facts: LibraryFacts {
                     info,
@@ -330,27 +333,53 @@ impl Loader {
                 // The copy may still be mapped (a leaked layout-checked library); deleting
                 // the file is harmless either way.
                 let _ = std::fs::remove_file(&copy);
-                let (file, plugin) = (file.to_owned(), info.name);
-                Err(match failure {
-                    OpenFailure::Layout(detail) => LoadError::LayoutMismatch {
-                        file,
-                        plugin,
-                        detail,
-                    },
-                    OpenFailure::Other(detail) => LoadError::Open {
-                        file,
-                        plugin,
-                        detail,
-                    },
-                    OpenFailure::Timeout => LoadError::Timeout {
-                        file,
-                        plugin,
-                        timeout: self.load_timeout,
-                    },
-                })
+                Err(failure.into_error(file.to_owned(), info.name, self.load_timeout))
             }
         }
     }
+}
+
+/// Opens a generation the host already loaded, from its private copy, in an isolated
+/// container's process (`isolation`): the same checks (the whole-file ELF checks, the
+/// interface gate, the layout check) and the same open on a joined thread. The copy is the
+/// host's and stays its own: this process never unloads it, and ends instead.
+pub async fn open_existing(
+    facts: LibraryFacts,
+    timeout: Duration,
+) -> Result<Arc<Library>, LoadError> {
+    let file = facts.file.clone();
+    let bytes = std::fs::read(&facts.copy).map_err(|e| LoadError::Open {
+        file: file.clone(),
+        plugin: facts.info.name.clone(),
+        detail: format!("reading the private copy {}: {e}", facts.copy.display()),
+    })?;
+    let decl = elf::inspect(&bytes).map_err(|p| LoadError::from_elf(&file, &bytes, p))?;
+    let info = PluginInfo::from(&decl);
+    if !info.interface.loadable_by_host() || info != facts.info {
+        return Err(LoadError::InterfaceMismatch {
+            file,
+            plugin: info.name,
+            plugin_interface: info.interface,
+            host_interface: InterfaceVersion::HOST,
+        });
+    }
+    let name = plugin_file_name(&file);
+    match open_on_own_thread(facts.copy.clone(), name, facts.generation, timeout).await {
+        Ok((handle, module)) => Ok(Arc::new(Library {
+            facts,
+            module,
+            handle: Mutex::new(Some(handle)),
+        })),
+        Err(failure) => Err(failure.into_error(file, info.name, timeout)),
+    }
+}
+
+/// A plugin file's name, for the crash lines.
+fn plugin_file_name(file: &Path) -> String {
+    file.file_name().map_or_else(
+        || file.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 /// Hex SHA-256 of a file's content: the identity of a plugin version.
@@ -362,6 +391,28 @@ enum OpenFailure {
     Layout(String),
     Other(String),
     Timeout,
+}
+
+impl OpenFailure {
+    fn into_error(self, file: PathBuf, plugin: String, timeout: Duration) -> LoadError {
+        match self {
+            Self::Layout(detail) => LoadError::LayoutMismatch {
+                file,
+                plugin,
+                detail,
+            },
+            Self::Other(detail) => LoadError::Open {
+                file,
+                plugin,
+                detail,
+            },
+            Self::Timeout => LoadError::Timeout {
+                file,
+                plugin,
+                timeout,
+            },
+        }
+    }
 }
 
 /// An error and every cause under it, `: `-separated: libloading's "dlopen failed" says

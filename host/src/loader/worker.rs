@@ -37,6 +37,10 @@ pub enum CallError {
     Stuck,
     #[error("the container was not constructed")]
     NotConstructed,
+    /// Process isolation: the container's process ended (the reason, such as `killed by
+    /// signal SIGSEGV`), or it could not serve the call.
+    #[error("its process ended: {0}")]
+    Ended(String),
 }
 
 impl CallError {

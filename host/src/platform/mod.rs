@@ -22,6 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::loader::{
     CallError, ConfigCheck, HealthReport, LibraryFacts, LoadError, PluginInfo, UnloadReport,
 };
+use crate::model::Isolation;
 use crate::services::HostServices;
 use crate::watcher::FolderEvent;
 
@@ -100,6 +101,14 @@ pub struct Content {
     pub stamp: Stamp,
 }
 
+/// Where one container's calls run, and the limits of its process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Confinement {
+    pub isolation: Isolation,
+    /// `RLIMIT_AS` of the container's process (process isolation only).
+    pub memory_max_bytes: Option<u64>,
+}
+
 /// A generation's close, reported by the thread that did it.
 #[derive(Debug)]
 pub struct Unloaded {
@@ -148,6 +157,10 @@ pub trait Calls: Send + Sync + 'static {
     type Library: Generation;
 
     fn library(&self) -> &Arc<Self::Library>;
+    /// The process the calls run in, when it is not the host's (process isolation).
+    fn pid(&self) -> Option<u32> {
+        None
+    }
     fn construct(
         &self,
         name: &str,
@@ -211,6 +224,12 @@ pub trait Platform: Send + 'static {
         config_json: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<ConfigCheck, CallError>> + Send;
-    /// Starts the worker thread of container `name` on `library`.
-    fn spawn(&self, name: &str, library: Arc<Self::Library>) -> std::io::Result<Self::Worker>;
+    /// Starts the worker of container `name` on `library`: a thread of the host, or a
+    /// child process, as `confinement` says.
+    fn spawn(
+        &self,
+        name: &str,
+        library: Arc<Self::Library>,
+        confinement: &Confinement,
+    ) -> std::io::Result<Self::Worker>;
 }

@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Calls, Content, Generation, LookRules, Observation, Platform, Stamp, Unloaded};
+use super::{
+    Calls, Confinement, Content, Generation, LookRules, Observation, Platform, Stamp, Unloaded,
+};
+use crate::isolation;
 use crate::loader::{
     self, CallError, ConfigCheck, HealthReport, Library, LibraryFacts, LoadError, Loader,
-    UnloadReport, Worker,
+    UnloadReport,
 };
+use crate::model::Isolation;
 use crate::services::HostServices;
 use crate::watcher::{self, FolderEvent, FolderWatcher};
 
@@ -18,24 +22,29 @@ use crate::watcher::{self, FolderEvent, FolderWatcher};
 pub struct Real {
     loader: Loader,
     watcher: Option<FolderWatcher>,
+    /// The `balut` executable, which isolated containers' processes run.
+    exe: Option<PathBuf>,
 }
 
 impl Real {
     /// Creates the private copy folder (under `copy_dir`, or the system's temp folder).
-    /// With `preflight`, each new content is first opened and closed in a child process
-    /// running this executable (`loader::preflight`).
+    /// `exe` is this executable: with `preflight`, each new content is first opened and
+    /// closed in a child process running it (`loader::preflight`), and isolated containers
+    /// run in child processes of it (`isolation`).
     pub fn new(
         copy_dir: Option<&Path>,
         load_timeout: Duration,
-        preflight: Option<PathBuf>,
+        exe: Option<PathBuf>,
+        preflight: bool,
     ) -> std::io::Result<Self> {
         let loader = Loader::new(copy_dir, load_timeout)?;
         Ok(Self {
-            loader: match preflight {
-                Some(exe) => loader.with_preflight(exe),
-                None => loader,
+            loader: match (&exe, preflight) {
+                (Some(exe), true) => loader.with_preflight(exe.clone()),
+                _ => loader,
             },
             watcher: None,
+            exe,
         })
     }
 
@@ -51,11 +60,33 @@ impl Generation for Library {
     }
 }
 
+/// One container instance's calls: on a thread of the host, or in a child process.
+pub enum Worker {
+    Thread(loader::Worker),
+    Process(isolation::Child),
+}
+
+/// Runs the same call on whichever worker it is.
+macro_rules! either {
+    ($self:expr, $worker:ident => $call:expr) => {
+        match $self {
+            Worker::Thread($worker) => $call,
+            Worker::Process($worker) => $call,
+        }
+    };
+}
+
 impl Calls for Worker {
     type Library = Library;
 
     fn library(&self) -> &Arc<Library> {
-        Worker::library(self)
+        either!(self, w => w.library())
+    }
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Thread(_) => None,
+            Self::Process(child) => Some(child.pid()),
+        }
     }
     async fn construct(
         &self,
@@ -64,25 +95,31 @@ impl Calls for Worker {
         services: &HostServices,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        Worker::construct(self, name, config_json, services.to_ffi(), timeout).await
+        match self {
+            Self::Thread(w) => {
+                w.construct(name, config_json, services.to_ffi(), timeout)
+                    .await
+            }
+            Self::Process(child) => child.construct(name, config_json, services, timeout).await,
+        }
     }
     async fn start(&self, timeout: Duration) -> Result<(), CallError> {
-        Worker::start(self, timeout).await
+        either!(self, w => w.start(timeout).await)
     }
     async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
-        Worker::stop(self, timeout).await
+        either!(self, w => w.stop(timeout).await)
     }
     async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
-        Worker::health(self, timeout).await
+        either!(self, w => w.health(timeout).await)
     }
     async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
-        Worker::ready(self, timeout).await
+        either!(self, w => w.ready(timeout).await)
     }
     async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
-        Worker::dispose(self, timeout).await
+        either!(self, w => w.dispose(timeout).await)
     }
     async fn finish(self, timeout: Duration) -> Result<(), CallError> {
-        Worker::finish(self, timeout).await
+        either!(self, w => w.finish(timeout).await)
     }
 }
 
@@ -174,7 +211,21 @@ impl Platform for Real {
         loader::check_config(library, config_json, timeout).await
     }
 
-    fn spawn(&self, name: &str, library: Arc<Library>) -> std::io::Result<Worker> {
-        Worker::spawn(name, library)
+    fn spawn(
+        &self,
+        name: &str,
+        library: Arc<Library>,
+        confinement: &Confinement,
+    ) -> std::io::Result<Worker> {
+        match confinement.isolation {
+            Isolation::Thread => loader::Worker::spawn(name, library).map(Worker::Thread),
+            Isolation::Process => {
+                let exe = self.exe.as_deref().ok_or_else(|| {
+                    std::io::Error::other("the path of the balut executable is unknown")
+                })?;
+                isolation::Child::spawn(exe, name, library, confinement.memory_max_bytes)
+                    .map(Worker::Process)
+            }
+        }
     }
 }

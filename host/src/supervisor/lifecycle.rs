@@ -16,8 +16,8 @@ use super::policy::Exit;
 use super::set::{Hold, Instance};
 use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
-use crate::model::{State, rfc3339};
-use crate::platform::{Calls, Generation, Platform, file_name};
+use crate::model::{Isolation, ProcessFigures, State, rfc3339};
+use crate::platform::{Calls, Confinement, Generation, Platform, file_name};
 use crate::probes;
 use crate::services::HostServices;
 
@@ -81,14 +81,36 @@ impl<P: Platform> Supervisor<P> {
                 status.loaded_at = Some(rfc3339(library.loaded_at()));
                 status.sha256 = Some(library.short_hash().to_owned());
             });
-            let worker = match self.platform.spawn(&name, library) {
+            let confinement = container_confinement(&self.containers, &name);
+            let spare = self
+                .spares
+                .remove(&name)
+                .filter(|w| Arc::ptr_eq(w.library(), &library));
+            let spawned = match spare {
+                Some(worker) => Ok(worker),
+                None => self.platform.spawn(&name, library, &confinement),
+            };
+            let worker = match spawned {
                 Ok(worker) => Arc::new(worker),
                 Err(e) => {
-                    self.fail(&name, format!("cannot spawn its thread: {e}"));
+                    let what = match confinement.isolation {
+                        Isolation::Thread => "its thread",
+                        Isolation::Process => "its process",
+                    };
+                    self.fail(&name, format!("cannot start {what}: {e}"));
                     self.after_failure(&name, Exit::Failed).await;
                     continue;
                 }
             };
+            if let Some(pid) = worker.pid() {
+                self.containers.show(&name, |status| {
+                    status.process = Some(ProcessFigures {
+                        pid,
+                        rss_bytes: 0,
+                        cpu_seconds: 0.0,
+                    });
+                });
+            }
             self.next_instance += 1;
             let services = HostServices::new(
                 &name,
@@ -430,6 +452,7 @@ impl<P: Platform> Supervisor<P> {
             }
         }
         let library = instance.worker.library().clone();
+        let pid = instance.worker.pid();
         let finished = match Arc::try_unwrap(instance.worker) {
             Ok(worker) => worker.finish(left()).await.map_err(|e| e.to_string()),
             Err(_) => Err("its thread is still referenced".to_owned()),
@@ -440,6 +463,13 @@ impl<P: Platform> Supervisor<P> {
             );
             self.files.pin(&*library, reason);
             problem.get_or_insert(format!("its thread did not end: {e}"));
+        }
+        if let Some(pid) = pid {
+            self.containers.show(name, |status| {
+                if status.process.is_some_and(|p| p.pid == pid) {
+                    status.process = None;
+                }
+            });
         }
         problem.map_or(Ok(()), Err)
     }
@@ -452,6 +482,14 @@ impl<P: Platform> Supervisor<P> {
         error!(container = %name, generation, error = %error, "container failed");
         self.containers.set_state(name, State::Failed, Some(error));
     }
+}
+
+/// Where `name`'s calls run (its spec's, or the defaults if it is gone).
+fn container_confinement<W>(containers: &super::set::Containers<W>, name: &str) -> Confinement {
+    containers
+        .get(name)
+        .map(|c| c.spec.confinement)
+        .unwrap_or_default()
 }
 
 /// `containers.NAME.config.PATH: MESSAGE`, the key path of a refused config.

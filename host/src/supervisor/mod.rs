@@ -37,6 +37,7 @@ mod swap;
 pub use handle::ShutdownReport;
 pub use handle::{ControlError, Outcome, ReloadError, SupervisorHandle};
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -113,6 +114,9 @@ pub struct Supervisor<P: Platform> {
     inbox: Inbox,
     shared: Arc<Shared>,
     next_instance: u64,
+    /// Workers spawned ahead for a hot swap (process isolation: the new generation's
+    /// process starts, and opens it, before the old instance stops); taken by the start.
+    spares: HashMap<String, P::Worker>,
     /// Backoff jitter; seeded, so a simulation replays exactly.
     rng: fastrand::Rng,
     phase: Phase,
@@ -155,6 +159,7 @@ impl<P: Platform> Supervisor<P> {
             },
             shared: Arc::default(),
             next_instance: 0,
+            spares: HashMap::new(),
             rng: fastrand::Rng::with_seed(seed),
             phase: Phase::StartingUp,
             given_up: Vec::new(),

@@ -242,6 +242,10 @@ impl<P: Platform> Supervisor<P> {
                         .await;
                 }
                 Notice::Finished(message) => self.finished(&name, message).await,
+                Notice::Ended(reason) => {
+                    self.fail_live(&name, format!("its process ended: {reason}"))
+                        .await;
+                }
             }
         }
     }

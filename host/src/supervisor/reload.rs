@@ -79,7 +79,8 @@ pub fn diff(old: &Config, new: &Config, running: &HostConfig, registered: &[Regi
     let host_changed = old.host.start_timeout_ms != new.host.start_timeout_ms
         || old.host.stop_timeout_ms != new.host.stop_timeout_ms
         || old.host.health_interval_ms != new.host.health_interval_ms
-        || old.host.health_timeout_ms != new.host.health_timeout_ms;
+        || old.host.health_timeout_ms != new.host.health_timeout_ms
+        || old.host.isolation != new.host.isolation;
     let find = |config: &Config, name: &str| -> Option<ContainerConfig> {
         config
             .containers

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::{ContainerConfig, HostConfig};
 use crate::events::EventKind;
 use crate::model::{ContainerStatus, HISTORY, State, Transition, rfc3339};
+use crate::platform::Confinement;
 use crate::probes::ProbeSpec;
 use crate::restart::{Backoff, RestartPolicy, Restarts};
 use crate::services::HostServices;
@@ -35,6 +36,8 @@ pub struct Spec {
     pub backoff: Backoff,
     pub liveness: Option<ProbeSpec>,
     pub readiness: Option<ProbeSpec>,
+    /// Where its calls run, and the memory limit of its process.
+    pub confinement: Confinement,
 }
 
 impl Spec {
@@ -76,6 +79,10 @@ impl Spec {
                 config.map_or(&default, |c| &c.readiness),
                 ProbeSpec::READINESS,
             ),
+            confinement: Confinement {
+                isolation: config.and_then(|c| c.isolation).unwrap_or(host.isolation),
+                memory_max_bytes: config.and_then(|c| c.memory_max_bytes).map(|b| b.get()),
+            },
         }
     }
 }
@@ -180,7 +187,12 @@ impl<W> Containers<W> {
 
     /// Registers a container, stopped, and shows it.
     pub fn register(&mut self, name: &str, plugin: &str, spec: Spec) {
-        let status = ContainerStatus::registered(name, plugin, spec.requires.clone());
+        let status = ContainerStatus::registered(
+            name,
+            plugin,
+            spec.requires.clone(),
+            spec.confinement.isolation,
+        );
         self.board.put_container(&status);
         self.board.metrics.container_registered(name);
         self.map.insert(

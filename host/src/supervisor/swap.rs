@@ -18,7 +18,7 @@ use super::generations::Judged;
 use super::set::Hold;
 use crate::events::EventKind;
 use crate::loader::LoadError;
-use crate::model::{FileState, State};
+use crate::model::{FileState, Isolation, State};
 use crate::platform::{Content, Generation, Platform, Problem, file_name};
 
 /// Load errors a file still being written shows.
@@ -175,6 +175,7 @@ impl<P: Platform> Supervisor<P> {
             })
             .collect();
         self.log_loaded(&*new);
+        self.spawn_spares(&live, &new);
         self.stop_named(&live, "is being reloaded").await;
         if let Err(duplicate) = self.files.install(path, new.clone(), &content) {
             // Cannot happen: the file already provides this plugin. Keep the old one.
@@ -191,6 +192,8 @@ impl<P: Platform> Supervisor<P> {
                 failures.push(format!("{name}: {reason}"));
             }
         }
+        // Spares not taken (a container that did not start again) end here.
+        self.spares.clear();
         if failures.is_empty() {
             // Containers that were failed, waiting or refused their config get a chance
             // on the new version too.
@@ -254,6 +257,28 @@ impl<P: Platform> Supervisor<P> {
             message,
             Judged::Content(content.hash),
         );
+    }
+
+    /// Spawns the isolated ones of `names` a process on `library` ahead of their stop, so
+    /// that it has started and opened the library by the time the old instance is gone.
+    fn spawn_spares(&mut self, names: &[String], library: &Arc<P::Library>) {
+        for name in names {
+            let Some(confinement) = self.containers.get(name).map(|c| c.spec.confinement) else {
+                continue;
+            };
+            if confinement.isolation != Isolation::Process {
+                continue;
+            }
+            match self.platform.spawn(name, library.clone(), &confinement) {
+                Ok(worker) => {
+                    self.spares.insert(name.clone(), worker);
+                }
+                // The start spawns one again, and says why if it fails then too.
+                Err(e) => {
+                    warn!(container = %name, error = %e, "cannot start its new process ahead")
+                }
+            }
+        }
     }
 
     /// Stops the named containers in reverse dependency order, each after the containers

@@ -298,7 +298,12 @@ impl Platform for FakePlatform {
         Ok(check(config_json))
     }
 
-    fn spawn(&self, name: &str, library: Arc<FakeLibrary>) -> std::io::Result<FakeWorker> {
+    fn spawn(
+        &self,
+        name: &str,
+        library: Arc<FakeLibrary>,
+        _confinement: &crate::platform::Confinement,
+    ) -> std::io::Result<FakeWorker> {
         Ok(FakeWorker {
             name: name.to_owned(),
             library,

@@ -1129,3 +1129,28 @@ fn an_unknown_isolation_is_refused() {
     let out = crate::config::refused("[host]\nisolation = \"processes\"\n");
     assert!(out.stderr.contains("isolation"), "{}", out.stderr);
 }
+
+#[test]
+fn a_container_named_like_a_flag_runs_isolated() {
+    // Valid names (`A-Z a-z 0-9 - _ .`) that look like options of the child's command line.
+    let names = ["-v", "--help", "--version"];
+    let config: String = names
+        .iter()
+        .map(|name| {
+            format!(
+                "[containers.\"{name}\"]\nplugin = \"chaos\"\nisolation = \"process\"\n\
+                 restart = \"never\"\nconfig = {{}}\n"
+            )
+        })
+        .collect();
+    let (_dir, host) = host_with(&[Lib::Chaos], &config);
+    let mut pids = BTreeSet::new();
+    for name in names {
+        let c = host.wait_settled(name, STATE_TIMEOUT);
+        assert_eq!(c["state"], "running", "{c}");
+        let pid = pid_of(&c).unwrap_or_else(|| panic!("no child: {c}"));
+        assert!(is_child_of(pid, host.pid()), "{c}");
+        pids.insert(pid);
+    }
+    terminate_leaving_none(host, &pids, true);
+}

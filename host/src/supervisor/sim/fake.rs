@@ -92,6 +92,9 @@ pub struct World {
     pub stops: Vec<String>,
     /// The `Context` of each live instance, by container.
     pub contexts: BTreeMap<String, HostServices>,
+    /// Whether each live instance's process has ended (as an isolated one's can), by
+    /// container.
+    pub processes: BTreeMap<String, Arc<AtomicBool>>,
     /// Health checks fail for these plugins.
     pub sick: BTreeSet<String>,
     next_generation: BTreeMap<PathBuf, u64>,
@@ -309,6 +312,7 @@ impl Platform for FakePlatform {
             library,
             world: self.world.clone(),
             stuck: AtomicBool::new(false),
+            ended: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -340,10 +344,17 @@ pub struct FakeWorker {
     library: Arc<FakeLibrary>,
     world: SharedWorld,
     stuck: AtomicBool,
+    /// Its process ended (killed, crashed): calls fail, and nothing of it stays behind.
+    ended: Arc<AtomicBool>,
 }
 
 impl FakeWorker {
     async fn act(&self, act: Act, call: &'static str, timeout: Duration) -> Result<(), CallError> {
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(CallError::Ended(
+                "killed by signal SIGSEGV (simulated)".into(),
+            ));
+        }
         if self.stuck.load(Ordering::SeqCst) {
             return Err(CallError::Stuck);
         }
@@ -382,7 +393,7 @@ impl FakeWorker {
 
 impl Drop for FakeWorker {
     fn drop(&mut self) {
-        if self.stuck.load(Ordering::SeqCst) {
+        if self.stuck.load(Ordering::SeqCst) && !self.ended.load(Ordering::SeqCst) {
             // The stuck thread never ends; it holds its generation for good.
             lock(&self.world).leaked.push(self.library.clone());
         }
@@ -416,9 +427,11 @@ impl Calls for FakeWorker {
         }
         self.act(self.library.recipe.new, "the constructor", timeout)
             .await?;
-        lock(&self.world)
-            .contexts
-            .insert(self.name.clone(), services.clone());
+        let mut world = lock(&self.world);
+        world.contexts.insert(self.name.clone(), services.clone());
+        world
+            .processes
+            .insert(self.name.clone(), self.ended.clone());
         Ok(())
     }
 
@@ -457,7 +470,7 @@ impl Calls for FakeWorker {
     }
 
     async fn finish(self, _timeout: Duration) -> Result<(), CallError> {
-        if self.stuck.load(Ordering::SeqCst) {
+        if self.stuck.load(Ordering::SeqCst) && !self.ended.load(Ordering::SeqCst) {
             return Err(CallError::Stuck);
         }
         Ok(())

@@ -260,6 +260,19 @@ async fn apply(action: &Action, handle: &SupervisorHandle, world: &SharedWorld, 
                 context.report_failure("simulated failure");
             }
         }
+        Action::ProcessEnded(name) => {
+            let (context, ended) = {
+                let world = lock(world);
+                (
+                    world.contexts.get(name).cloned(),
+                    world.processes.get(name).cloned(),
+                )
+            };
+            if let (Some(context), Some(ended)) = (context, ended) {
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                context.report_ended("killed by signal SIGSEGV (simulated)");
+            }
+        }
         Action::ReportFinished(name) => {
             let context = lock(world).contexts.get(name).cloned();
             if let Some(context) = context {

@@ -32,6 +32,8 @@ pub enum Action {
     Stop(String),
     Restart(String),
     ReportFailure(String),
+    /// The container's process ends (as an isolated one's does when it crashes).
+    ProcessEnded(String),
     ReportFinished(String),
     ReportReady(String, bool),
     /// Health checks of this plugin fail (or pass again).
@@ -195,7 +197,8 @@ impl Script {
             53..=58 => Action::Start(container(self)),
             59..=64 => Action::Stop(container(self)),
             65..=72 => Action::Restart(container(self)),
-            73..=77 => Action::ReportFailure(container(self)),
+            73..=75 => Action::ReportFailure(container(self)),
+            76..=77 => Action::ProcessEnded(container(self)),
             78..=81 => Action::ReportFinished(container(self)),
             82..=86 => Action::ReportReady(container(self), self.rng.bool()),
             87..=90 => Action::Sick(self.pick(&PLUGINS).to_owned(), self.chance(60)),

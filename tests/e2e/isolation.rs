@@ -1154,3 +1154,60 @@ fn a_container_named_like_a_flag_runs_isolated() {
     }
     terminate_leaving_none(host, &pids, true);
 }
+
+/// What systemd does to a unit (SIGTERM to every process of its cgroup) and a terminal's
+/// Ctrl-C to a process group: a child obeys SIGTERM and SIGINT from its host only, so the
+/// host stops the containers in order, each cleanly.
+#[test]
+fn sigterm_to_the_children_too_still_stops_them_in_order() {
+    let (_dir, mut host) = host_with(
+        &[Lib::Chaos],
+        &format!(
+            "{}{}",
+            isolated("base", "", ""),
+            isolated("top", "", "requires = [\"base\"]")
+        ),
+    );
+    let host_pid = host.pid();
+    let (_, base) = wait_isolated_running(&host, "base", "started", |_, _| true);
+    let (_, top) = wait_isolated_running(&host, "top", "started", |_, _| true);
+    let children = BTreeSet::from([base, top]);
+
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        for &pid in &children {
+            kill(pid, signal);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for (name, pid) in [("base", base), ("top", top)] {
+        let c = host.container(name);
+        assert_eq!(c["state"], "running", "{c}");
+        assert_eq!(pid_of(&c), Some(pid), "{name} has a new child: {c}");
+        assert_eq!(restarts(&c), 0, "{c}");
+    }
+
+    let mark = host.mark();
+    for &pid in &children {
+        kill(pid, Signal::SIGTERM);
+    }
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM\n{}",
+        host.logs()
+    );
+    let lines = host.lines_since(mark);
+    let stopped = |name: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains("container stopped") && has_field(l, "container", name))
+            .unwrap_or_else(|| panic!("{name} did not stop cleanly:\n{}", lines.join("\n")))
+    };
+    assert!(
+        stopped("top") < stopped("base"),
+        "top (which requires base) stops first"
+    );
+    wait_gone(&host, &children, host_pid);
+}

@@ -14,6 +14,7 @@ mod faults;
 mod fixtures;
 mod folder;
 mod hotplug;
+mod isolation;
 mod limits;
 mod metrics;
 mod observe;

@@ -28,13 +28,23 @@
 //!   report as a library it could not unload.
 //! - `log_line_bytes`: `start` logs one line with a message this many bytes long.
 //!
-//! Crashes, which end the whole host process (for the host's crash reporting; each logs a
-//! warning first):
+//! Crashes (each logs a warning first). With the container in the default thread isolation
+//! (`isolation = "thread"`) they end the whole host process, which exercises the host's crash
+//! reporting. With `isolation = "process"` the container runs in a child process of its own
+//! and the crash is contained there: the host stays up, the container fails with the reason
+//! (e.g. "killed by signal SIGSEGV") and its restart policy applies.
 //!
 //! - `exit_in`: calls `std::process::exit(exit_code)` there (`exit_code` defaults to 0).
 //! - `abort_in`: calls `std::process::abort()` there (SIGABRT).
 //! - `segfault_in`: writes to address 0x8, which is never mapped (SIGSEGV).
-//! - `overflow_stack_in`: recurses until the thread's stack overflows.
+//! - `stack_overflow_in`: recurses until the thread's stack overflows (Rust's guard page
+//!   handler prints "has overflowed its stack" and aborts the process).
+//! - `overflow_stack_in`: the older name of `stack_overflow_in`, still accepted (give only one
+//!   of the two).
+//! - `alloc_bytes_in`: allocates `alloc_bytes` bytes there (default 1 GiB) and touches every
+//!   page, then keeps them until the process ends (logs "allocating", then "allocated"). Under
+//!   a memory limit (`memory_max_bytes`, i.e. RLIMIT_AS, in process isolation) the allocation
+//!   fails: Rust's allocator prints "memory allocation of N bytes failed" and aborts.
 
 // The one `unsafe` block is the deliberate segfault of `segfault_in`.
 #![deny(unsafe_code)]
@@ -68,7 +78,21 @@ struct Config {
     exit_code: i32,
     abort_in: Option<Call>,
     segfault_in: Option<Call>,
-    overflow_stack_in: Option<Call>,
+    /// Also accepted as `overflow_stack_in`, its older name.
+    #[serde(alias = "overflow_stack_in")]
+    stack_overflow_in: Option<Call>,
+    alloc_bytes_in: Option<Call>,
+    alloc_bytes: Option<u64>,
+}
+
+/// What `alloc_bytes_in` allocates when `alloc_bytes` is not set: 1 GiB.
+const DEFAULT_ALLOC_BYTES: u64 = 1 << 30;
+
+impl Config {
+    /// How many bytes `alloc_bytes_in` allocates.
+    fn alloc_bytes(&self) -> u64 {
+        self.alloc_bytes.unwrap_or(DEFAULT_ALLOC_BYTES)
+    }
 }
 
 /// A call into the container where a fault can be injected.
@@ -299,7 +323,7 @@ fn inject(ctx: &Context, config: &Config, call: Call) {
         crash("segfaulting");
         segfault();
     }
-    if config.overflow_stack_in == Some(call) {
+    if config.stack_overflow_in == Some(call) {
         crash("overflowing the stack");
         let depth = overflow_stack(0);
         ctx.log(
@@ -308,6 +332,46 @@ fn inject(ctx: &Context, config: &Config, call: Call) {
             &[("depth", &depth.to_string())],
         );
     }
+    if config.alloc_bytes_in == Some(call) {
+        alloc_and_keep(ctx, call, config.alloc_bytes());
+    }
+}
+
+/// Allocates `bytes` bytes, touches every page and keeps them until the process ends. If the
+/// allocation fails (a memory limit), Rust's allocator aborts the process.
+fn alloc_and_keep(ctx: &Context, call: Call, bytes: u64) {
+    let size = bytes.to_string();
+    ctx.log(
+        Level::Warn,
+        "allocating",
+        &[("in", call.name()), ("bytes", &size)],
+    );
+    let Ok(len) = usize::try_from(bytes) else {
+        ctx.log(
+            Level::Error,
+            "cannot allocate more than the address space",
+            &[("bytes", &size)],
+        );
+        return;
+    };
+    // Kept alive on purpose: the memory stays resident until the process ends.
+    let kept: &'static mut [u8] = touched(len).leak();
+    std::hint::black_box(kept);
+    ctx.log(
+        Level::Warn,
+        "allocated",
+        &[("in", call.name()), ("bytes", &size)],
+    );
+}
+
+/// `len` bytes, every page of them written.
+fn touched(len: usize) -> Vec<u8> {
+    // Filling with a non-zero byte writes every page (a zeroed allocation could stay lazy).
+    let mut memory = vec![1u8; len];
+    for at in (0..len).step_by(4096) {
+        memory[at] = std::hint::black_box(2);
+    }
+    std::hint::black_box(memory)
 }
 
 /// Crashes the process with SIGSEGV, as a plugin with a memory bug would.
@@ -454,7 +518,7 @@ mod tests {
         assert_eq!(config.exit_code, 3);
         assert_eq!(config.abort_in, Some(Call::Stop));
         assert_eq!(config.segfault_in, Some(Call::Health));
-        assert_eq!(config.overflow_stack_in, Some(Call::Drop));
+        assert_eq!(config.stack_overflow_in, Some(Call::Drop));
         let none = parse("{}").unwrap();
         assert_eq!(
             (
@@ -466,6 +530,41 @@ mod tests {
             (None, 0, None, None)
         );
         assert!(parse(r#"{"segfault_in": "later"}"#).is_err());
+    }
+
+    #[test]
+    fn parses_the_stack_overflow_under_both_names() {
+        let config = parse(r#"{"stack_overflow_in": "start"}"#).unwrap();
+        assert_eq!(config.stack_overflow_in, Some(Call::Start));
+        let config = parse(r#"{"overflow_stack_in": "health"}"#).unwrap();
+        assert_eq!(config.stack_overflow_in, Some(Call::Health));
+        assert_eq!(parse("{}").unwrap().stack_overflow_in, None);
+        assert!(parse(r#"{"stack_overflow_in": "later"}"#).is_err());
+    }
+
+    #[test]
+    fn parses_the_allocation() {
+        let config = parse(r#"{"alloc_bytes_in": "start"}"#).unwrap();
+        assert_eq!(config.alloc_bytes_in, Some(Call::Start));
+        assert_eq!(config.alloc_bytes(), 1_073_741_824);
+        let config = parse(r#"{"alloc_bytes_in": "health", "alloc_bytes": 4096}"#).unwrap();
+        assert_eq!(config.alloc_bytes_in, Some(Call::Health));
+        assert_eq!(config.alloc_bytes(), 4096);
+        let none = parse("{}").unwrap();
+        assert_eq!(none.alloc_bytes_in, None);
+        assert_eq!(none.alloc_bytes(), DEFAULT_ALLOC_BYTES);
+        assert!(parse(r#"{"alloc_bytes_in": "later"}"#).is_err());
+        assert!(parse(r#"{"alloc_bytes": -1}"#).is_err());
+        assert!(parse(r#"{"alloc_bytes": "1G"}"#).is_err());
+    }
+
+    #[test]
+    fn touches_every_page() {
+        let memory = touched(3 * 4096 + 1);
+        assert_eq!(memory.len(), 3 * 4096 + 1);
+        let written: Vec<usize> = (0..memory.len()).filter(|&at| memory[at] == 2).collect();
+        assert_eq!(written, [0, 4096, 2 * 4096, 3 * 4096]);
+        assert!(touched(0).is_empty());
     }
 
     #[test]

@@ -973,10 +973,10 @@ fn the_api_metrics_and_status_show_the_childs_pid_memory_and_cpu() {
         resident.is_some_and(|r| r >= KEPT_BYTES as f64),
         "no balut_container_resident_bytes{{container=\"victim\"}} >= {KEPT_BYTES}:\n{text}"
     );
-    let (cpu, text) = container_sample(&host, "balut_container_cpu_seconds_total", "victim");
+    let (cpu, text) = container_sample(&host, "balut_container_cpu_seconds", "victim");
     assert!(
         cpu.is_some_and(|s| s >= 0.0),
-        "no balut_container_cpu_seconds_total{{container=\"victim\"}}:\n{text}"
+        "no balut_container_cpu_seconds{{container=\"victim\"}}:\n{text}"
     );
 
     let addr = host.addr().to_string();

@@ -800,6 +800,29 @@ fn a_child_killed_from_outside_is_restarted_in_a_new_one() {
     terminate_leaving_none(host, &BTreeSet::from([old, new]), true);
 }
 
+/// A host whose binary was deleted (or replaced by an upgrade) since it started still
+/// starts children: they run the host's own image, never the file now at its path. Before
+/// the fix the restart failed with "cannot start its process: No such file or directory".
+#[test]
+fn a_child_starts_again_after_the_hosts_binary_was_deleted() {
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(&isolated("victim", "", ""));
+    let binary = dir.tmp().join("balut-copy");
+    std::fs::copy(&balut_tests::build().balut, &binary).expect("copying the balut binary");
+    let host = Host::start_from(&binary, &dir);
+    let (_, old) = wait_isolated_running(&host, "victim", "first start", |_, _| true);
+    std::fs::remove_file(&binary).expect("deleting the copy");
+
+    kill(old, Signal::SIGKILL);
+    wait_failed_for(&host, "victim", "killed by signal SIGKILL");
+    let (again, new) =
+        wait_isolated_running(&host, "victim", "after the binary was deleted", |c, pid| {
+            restarts(c) >= 1 && pid != old
+        });
+    assert_eq!(last_error(&again), "", "{again}");
+    terminate_leaving_none(host, &BTreeSet::from([old, new]), true);
+}
+
 #[test]
 fn a_host_killed_with_sigkill_leaves_no_child_behind() {
     let (dir, mut host) = host_with(

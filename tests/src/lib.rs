@@ -732,6 +732,13 @@ impl Host {
         Host::spawn_with(args, tmpdir, &[])
     }
 
+    /// Runs the host on `dir` from another copy of the `balut` binary, at `binary`.
+    pub fn start_from(binary: &Path, dir: &PluginDir) -> Host {
+        let mut cmd = Command::new(binary);
+        balut_env(&mut cmd);
+        Host::spawn_command(cmd, dir.run_args(), Some(dir.tmp()), &[])
+    }
+
     /// Runs the host on `dir` with extra environment variables.
     pub fn start_with_env(dir: &PluginDir, env: &[(&str, OsString)]) -> Host {
         Host::spawn_with_env(dir.run_args(), Some(dir.tmp()), env)

@@ -162,9 +162,10 @@ impl Host {
         Ok((running, list.len()))
     }
 
-    /// Follows `/v1/events` on a thread and reports when each of `names` has become
-    /// `running`. The stream is subscribed when this returns.
-    pub fn watch_running(&self, names: HashSet<String>) -> anyhow::Result<RunningWatch> {
+    /// Follows `/v1/events` on a thread: each event (the JSON of its `data:` line) with
+    /// when it arrived. The stream is subscribed when this returns; the thread ends when
+    /// the receiver is dropped and the next event comes, or when the host closes the stream.
+    pub fn events(&self) -> anyhow::Result<mpsc::Receiver<(Instant, Value)>> {
         let agent = ureq::Agent::config_builder()
             .timeout_global(None)
             .build()
@@ -172,9 +173,8 @@ impl Host {
         let url = format!("http://{}/v1/events", self.addr);
         // The host subscribes before it answers: no event after this call is missed.
         let response = agent.get(&url).call().context("GET /v1/events")?;
-        let (tx, done) = mpsc::channel();
+        let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut left = names;
             let reader = BufReader::new(response.into_body().into_reader());
             for line in reader.lines().map_while(Result::ok) {
                 let Some(data) = line.strip_prefix("data:") else {
@@ -183,13 +183,29 @@ impl Host {
                 let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
                     continue;
                 };
+                if tx.send((Instant::now(), event)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(events)
+    }
+
+    /// Follows `/v1/events` on a thread and reports when each of `names` has become
+    /// `running`. The stream is subscribed when this returns.
+    pub fn watch_running(&self, names: HashSet<String>) -> anyhow::Result<RunningWatch> {
+        let events = self.events()?;
+        let (tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut left = names;
+            for (at, event) in events {
                 if event["type"] == "state" && event["to"] == "running" {
                     if let Some(name) = event["container"].as_str() {
                         left.remove(name);
                     }
                 }
                 if left.is_empty() {
-                    let _ = tx.send(Instant::now());
+                    let _ = tx.send(at);
                     return;
                 }
             }
@@ -228,6 +244,31 @@ impl Host {
         Ok(cpu.as_secs_f64() / began.elapsed().as_secs_f64() * 100.0)
     }
 
+    /// The host's `balut __isolate` children (zombies included), from `/proc`.
+    pub fn isolated_children(&self) -> anyhow::Result<Vec<u32>> {
+        let mut children = Vec::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // After the command name (in parentheses): the state, then the parent's pid.
+            let mut rest = stat
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace();
+            let zombie = rest.next() == Some("Z");
+            if rest.next().and_then(|p| p.parse().ok()) == Some(self.pid())
+                && (zombie || is_isolated(pid))
+            {
+                children.push(pid);
+            }
+        }
+        Ok(children)
+    }
+
     /// Sends SIGTERM and waits for the process to exit: how long that took, and its status.
     pub fn terminate(mut self, limit: Duration) -> anyhow::Result<(Duration, ExitStatus)> {
         let pid = Pid::from_raw(i32::try_from(self.pid())?);
@@ -263,6 +304,22 @@ impl RunningWatch {
             .recv_timeout(limit)
             .context("not every container was running in time")
     }
+}
+
+/// Whether `pid` is (still) a `balut __isolate` process.
+pub fn is_isolated(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__isolate"))
+}
+
+/// A `NAME  1234 kB` line of `/proc/PID/FILE` (`VmRSS:` of `status`, `Pss:` of
+/// `smaps_rollup`), in KiB.
+pub fn proc_kib(pid: u32, file: &str, name: &str) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {name} in /proc/{pid}/{file}"))
 }
 
 /// `threads` clients, each on its own keep-alive connection, GET `path` for `each`.

@@ -11,6 +11,8 @@
 //! - `scale` (alias `status`): 1,000 instances: start, status endpoints under load, idle
 //!   CPU, stop on SIGTERM.
 //! - `call`: one health probe round trip through `Worker::health`, beside a direct call.
+//! - `isolation`: containers in child processes of their own beside the same on threads:
+//!   probe round trip, 100 instances (start, memory, stop), crash -> running again.
 //! - `cycle`: memory after 1,000 load/start/stop/unload cycles, beside a loader that never
 //!   unloads.
 
@@ -18,6 +20,7 @@ mod call;
 mod cycle;
 mod host;
 mod inproc;
+mod isolation;
 mod load;
 mod plugins;
 mod reload;
@@ -36,11 +39,12 @@ type Benchmark = fn(&Artifacts, bool, &mut Figures) -> anyhow::Result<()>;
 
 /// Every benchmark, in the order they run. `cycle` is last: its never-unloading half
 /// leaves a thousand libraries mapped in this process.
-const BENCHMARKS: [(&str, Benchmark); 5] = [
+const BENCHMARKS: [(&str, Benchmark); 6] = [
     ("load", load::run),
     ("reload", reload::run),
     ("scale", scale::run),
     ("call", call::run),
+    ("isolation", isolation::run),
     ("cycle", cycle::run),
 ];
 

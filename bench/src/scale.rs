@@ -101,7 +101,7 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
 }
 
 /// A config file with `containers` instances `c0`.. of `chaos`, after `head`.
-fn write_config(
+pub fn write_config(
     dir: &Path,
     name: &str,
     containers: usize,

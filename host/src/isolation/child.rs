@@ -14,11 +14,15 @@ use std::time::{Duration, SystemTime};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RStr, RString, Tuple2};
-use balut_plugin_api::ffi::{FfiHandover, FfiHost, FfiHost_TO, FfiLevel, FfiListener};
+use balut_plugin_api::ffi::{
+    FfiContainerBox, FfiHandover, FfiHost, FfiHost_TO, FfiLevel, FfiListener,
+};
 
 use super::protocol::{self, Answer, Call, PROTOCOL, Refusal, ToChild, ToHost, WRONG_PROTOCOL};
 use super::spawn::CHILD_FD;
-use crate::loader::{self, CallError, InterfaceVersion, LibraryFacts, PluginInfo, Worker};
+use crate::loader::{
+    self, CallError, HealthReport, InterfaceVersion, Library, LibraryFacts, PluginInfo, calls,
+};
 use crate::services::{Handover, clip, lend_listener};
 use crate::sockets::{Address, Held, Listeners};
 
@@ -45,6 +49,8 @@ impl Outbox {
 #[derive(Clone)]
 struct Relay {
     outbox: Arc<Outbox>,
+    /// Log lines more verbose than this are not sent (the host would drop them).
+    max_level: Option<u8>,
     stop_requested: Arc<AtomicBool>,
     listeners: Arc<Listeners>,
     handover: Arc<Mutex<Option<Handover>>>,
@@ -64,6 +70,9 @@ impl FfiHost for Relay {
             FfiLevel::Debug => 3,
             FfiLevel::Trace => 4,
         };
+        if self.max_level.is_none_or(|max| level > max) {
+            return;
+        }
         self.outbox.send(&ToHost::Log {
             level,
             message: cut(message.as_str()),
@@ -162,42 +171,24 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (calls, mut inbox) = tokio::sync::mpsc::unbounded_channel();
-    let spawned = std::thread::Builder::new()
-        .name("balut-isolate-read".into())
-        .spawn(move || {
-            while let Ok(Some(message)) = protocol::read_frame::<ToChild>(&mut reader) {
-                if calls.send(message).is_err() {
-                    break;
-                }
-            }
-            // The host closed the socket (a finish) or died: nothing more to do.
-            crate::exit::immediately(0);
-        });
-    if let Err(e) = spawned {
-        eprintln!("balut __isolate: starting its reader: {e}");
-        return ExitCode::from(1);
-    }
-    runtime.block_on(async move {
-        let mut served = Served {
-            outbox,
-            stop_requested: Arc::new(AtomicBool::new(false)),
-            listeners: Arc::default(),
-            worker: None,
-        };
-        while let Some(message) = inbox.recv().await {
-            if let ToChild::Call {
-                id,
-                timeout_ms,
-                call,
-            } = message
-            {
-                served
-                    .call(id, Duration::from_millis(timeout_ms), *call)
-                    .await;
-            }
+    let mut served = Served {
+        outbox,
+        stop_requested: Arc::new(AtomicBool::new(false)),
+        listeners: Arc::default(),
+        max_level: Some(4),
+        library: None,
+        slot: None,
+        named: None,
+        runtime,
+    };
+    // One read per frame, mostly: the socket is read through a buffer.
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+    while let Ok(Some(message)) = protocol::read_frame::<ToChild>(&mut reader) {
+        if let ToChild::Call { id, call, .. } = message {
+            served.call(id, *call);
         }
-    });
+    }
+    // The host closed the socket (a finish) or died: nothing more to do.
     crate::exit::immediately(0)
 }
 
@@ -207,17 +198,23 @@ struct Served {
     stop_requested: Arc<AtomicBool>,
     /// The held sockets this process inherited.
     listeners: Arc<Listeners>,
-    worker: Option<Arc<Worker>>,
-}
-
-/// How long a call may take here. The host keeps the real timeout (and ends this process
-/// when a call overruns it); this one only keeps a forgotten call from waiting forever.
-fn here(timeout: Duration) -> Duration {
-    timeout.saturating_mul(2) + Duration::from_secs(5)
+    max_level: Option<u8>,
+    /// The library, once opened, and the container's value, once constructed.
+    library: Option<Arc<Library>>,
+    slot: Option<FfiContainerBox>,
+    /// This thread, named as the container's (it makes every call).
+    named: Option<crate::crash::ThreadName>,
+    /// For the open (the loader's open runs on a joined thread, with a timeout).
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Served {
-    async fn call(&mut self, id: u64, timeout: Duration, call: Call) {
+    /// Serves one call, on this thread, one at a time, as a worker thread does in the host:
+    /// a health check asked for during a slow call waits in the socket until it returns.
+    /// The host keeps every timeout (and ends this process when one is overrun). There is
+    /// no worker thread to hop to: a library is never closed in this process, so nothing
+    /// needs a thread the host could join first.
+    fn call(&mut self, id: u64, call: Call) {
         let call = match call {
             Call::Open {
                 container,
@@ -230,8 +227,10 @@ impl Served {
                 interface,
                 default_requires,
                 listeners,
+                max_level,
             } => {
                 self.listeners = Arc::new(adopt_listeners(listeners));
+                self.max_level = max_level;
                 let facts = LibraryFacts {
                     info: PluginInfo {
                         name: plugin,
@@ -248,13 +247,13 @@ impl Served {
                     loaded_at: SystemTime::now(),
                     default_requires,
                 };
-                let result = self.open(&container, facts).await;
+                let result = self.open(&container, facts);
                 self.outbox.send(&ToHost::Reply { id, result });
                 return;
             }
             other => other,
         };
-        let Some(worker) = self.worker.clone() else {
+        let Some(library) = &self.library else {
             let result = Err(Refusal::NotOpened("the library is not open".into()));
             self.outbox.send(&ToHost::Reply { id, result });
             return;
@@ -262,73 +261,59 @@ impl Served {
         if matches!(call, Call::Stop | Call::Dispose) {
             self.stop_requested.store(true, Ordering::SeqCst);
         }
-        let relay = Relay {
-            outbox: self.outbox.clone(),
-            stop_requested: self.stop_requested.clone(),
-            listeners: self.listeners.clone(),
-            handover: Arc::default(),
+        let slot = &mut self.slot;
+        let result = match call {
+            Call::Construct {
+                container,
+                config_json,
+                handover,
+            } => {
+                let relay = Relay {
+                    outbox: self.outbox.clone(),
+                    max_level: self.max_level,
+                    stop_requested: self.stop_requested.clone(),
+                    listeners: self.listeners.clone(),
+                    handover: Arc::new(Mutex::new(
+                        handover.map(|(version, bytes)| Handover { version, bytes }),
+                    )),
+                };
+                let host = FfiHost_TO::from_ptr(RArc::new(relay), TD_Opaque);
+                calls::construct(library, &container, config_json, host)(slot)
+                    .map(|()| Answer::Done)
+            }
+            Call::Start => calls::start(slot).map(|()| Answer::Done),
+            Call::Stop => calls::stop(slot).map(|()| Answer::Done),
+            Call::Dispose => calls::dispose(slot).map(|()| Answer::Done),
+            Call::Health => calls::health(slot).map(health),
+            Call::Ready => {
+                calls::ready(slot).map(|ready| ready.map_or(Answer::NoReadiness, health))
+            }
+            Call::Handover => calls::handover(slot)
+                .map(|state| Answer::Handover(state.map(|h| (h.version, h.bytes)))),
+            Call::Open { .. } => Err(CallError::Failed("opened twice".into())),
         };
-        let outbox = self.outbox.clone();
-        // Each call waits for its answer on its own: a health check can be answered while a
-        // slow one before it is still running, as on a thread in the host.
-        tokio::spawn(async move {
-            let timeout = here(timeout);
-            let result = match call {
-                Call::Construct {
-                    container,
-                    config_json,
-                    handover,
-                } => {
-                    *relay
-                        .handover
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) =
-                        handover.map(|(version, bytes)| Handover { version, bytes });
-                    let host = FfiHost_TO::from_ptr(RArc::new(relay), TD_Opaque);
-                    worker
-                        .construct(&container, config_json, host, timeout)
-                        .await
-                        .map(|()| Answer::Done)
-                }
-                Call::Start => worker.start(timeout).await.map(|()| Answer::Done),
-                Call::Stop => worker.stop(timeout).await.map(|()| Answer::Done),
-                Call::Dispose => worker.dispose(timeout).await.map(|()| Answer::Done),
-                Call::Health => worker.health(timeout).await.map(|h| Answer::Health {
-                    healthy: h.healthy,
-                    message: h.message,
-                    micros: micros(h.duration),
-                }),
-                Call::Ready => worker.ready(timeout).await.map(|ready| match ready {
-                    Some(h) => Answer::Health {
-                        healthy: h.healthy,
-                        message: h.message,
-                        micros: micros(h.duration),
-                    },
-                    None => Answer::NoReadiness,
-                }),
-                Call::Handover => worker
-                    .handover(timeout)
-                    .await
-                    .map(|state| Answer::Handover(state.map(|h| (h.version, h.bytes)))),
-                Call::Open { .. } => Err(CallError::Failed("opened twice".into())),
-            };
-            outbox.send(&ToHost::Reply {
-                id,
-                result: result.map_err(refusal),
-            });
+        self.outbox.send(&ToHost::Reply {
+            id,
+            result: result.map_err(refusal),
         });
     }
 
-    async fn open(&mut self, container: &str, facts: LibraryFacts) -> Result<Answer, Refusal> {
-        if self.worker.is_some() {
+    fn open(&mut self, container: &str, facts: LibraryFacts) -> Result<Answer, Refusal> {
+        if self.library.is_some() {
             return Err(Refusal::Failed("the library is already open".into()));
         }
-        let library = loader::open_existing(facts, Duration::from_secs(60))
-            .await
+        let generation = facts.generation;
+        let library = self
+            .runtime
+            .block_on(loader::open_existing(facts, OPEN_TIMEOUT))
             .map_err(|e| Refusal::NotOpened(e.to_string()))?;
-        let worker = Worker::spawn(container, library)
-            .map_err(|e| Refusal::NotOpened(format!("starting its thread: {e}")))?;
-        self.worker = Some(Arc::new(worker));
+        // Every call runs on this thread from here on: a crash in one names the container.
+        self.named = Some(crate::crash::name_this_thread(
+            crate::crash::Role::Container,
+            container,
+            generation,
+        ));
+        self.library = Some(library);
         Ok(Answer::Done)
     }
 }
@@ -354,6 +339,18 @@ fn adopt_listeners(passed: Vec<(String, String, i32)>) -> Listeners {
         );
     }
     listeners
+}
+
+/// How long the open may take here; the host's own timeout (the container's start
+/// timeout) ends this process sooner.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn health(report: HealthReport) -> Answer {
+    Answer::Health {
+        healthy: report.healthy,
+        message: report.message,
+        micros: micros(report.duration),
+    }
 }
 
 fn micros(duration: Duration) -> u64 {

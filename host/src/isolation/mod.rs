@@ -121,6 +121,7 @@ impl Child {
                     .zip(spawn::FIRST_LISTENER_FD..)
                     .map(|((name, held), fd)| (name.clone(), held.address.to_string(), fd))
                     .collect(),
+                max_level: shown_plugin_level(),
             }),
         };
         let mut first = &host_end;
@@ -418,7 +419,9 @@ impl Refusal {
 }
 
 /// Reads the child's frames: replies to their calls, the rest to the container's services.
-async fn read_frames(mut reader: OwnedReadHalf, link: Arc<Link>, terminate: watch::Sender<bool>) {
+async fn read_frames(reader: OwnedReadHalf, link: Arc<Link>, terminate: watch::Sender<bool>) {
+    // One read per frame, mostly.
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut greeted = false;
     loop {
         let mut len = [0u8; 4];
@@ -489,6 +492,19 @@ async fn read_frames(mut reader: OwnedReadHalf, link: Arc<Link>, terminate: watc
             }
         }
     }
+}
+
+/// The most verbose level of plugin log lines the host's subscriber shows, as the protocol
+/// numbers levels.
+fn shown_plugin_level() -> Option<u8> {
+    let shown = |level| match level {
+        FfiLevel::Error => tracing::enabled!(target: "plugin", tracing::Level::ERROR),
+        FfiLevel::Warn => tracing::enabled!(target: "plugin", tracing::Level::WARN),
+        FfiLevel::Info => tracing::enabled!(target: "plugin", tracing::Level::INFO),
+        FfiLevel::Debug => tracing::enabled!(target: "plugin", tracing::Level::DEBUG),
+        FfiLevel::Trace => tracing::enabled!(target: "plugin", tracing::Level::TRACE),
+    };
+    (0..=4u8).rev().find(|&n| shown(level_of(n)))
 }
 
 fn level_of(level: u8) -> FfiLevel {

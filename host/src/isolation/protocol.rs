@@ -50,6 +50,9 @@ pub enum Call {
         /// The sockets the host holds for the container: name, address (as the config
         /// writes it) and the descriptor the child got it as.
         listeners: Vec<(String, String, i32)>,
+        /// The most verbose plugin log level the host shows (0 error .. 4 trace; none
+        /// when it shows none): the child does not send what would be dropped.
+        max_level: Option<u8>,
     },
     Construct {
         container: String,

@@ -41,7 +41,7 @@ pub use error::LoadError;
 use layout::check_layout;
 use private_dir::PrivateDir;
 pub use private_dir::{CopyDirError, check_copy_dir, remove_stale};
-pub use worker::{CallError, HealthReport, Worker};
+pub use worker::{CallError, HealthReport, Worker, calls};
 
 /// A plugin interface version, `major.minor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use abi_stable::std_types::{RResult, RStr};
-use balut_plugin_api::ffi::{FfiContainerBox, FfiError, FfiErrorKind, FfiHealthStatus, FfiHostArc};
+use abi_stable::std_types::RResult;
+use balut_plugin_api::ffi::{FfiContainerBox, FfiError, FfiErrorKind, FfiHostArc};
 use tokio::sync::oneshot;
 
 use super::Library;
@@ -73,6 +73,105 @@ pub struct HealthReport {
 }
 
 type Job = Box<dyn FnOnce(&mut Option<FfiContainerBox>) + Send>;
+
+/// Each call into a container, as a function of its slot, run on its worker thread: the
+/// worker's own methods wrap them with a timeout; an isolated container's process
+/// (`isolation/child.rs`) runs them on its one thread and answers the host.
+pub mod calls {
+    use std::time::Instant;
+
+    use abi_stable::std_types::RStr;
+    use balut_plugin_api::ffi::{FfiContainerBox, FfiHealthStatus, FfiHostArc};
+
+    use super::{CallError, HealthReport, Library, convert};
+    use crate::services::Handover;
+
+    type Slot = Option<FfiContainerBox>;
+
+    /// The constructor, filling the slot.
+    pub fn construct(
+        library: &Library,
+        name: &str,
+        config_json: String,
+        host: FfiHostArc,
+    ) -> impl FnOnce(&mut Slot) -> Result<(), CallError> + Send + 'static {
+        let new_container = library.module().new_container();
+        let name = name.to_owned();
+        move |slot| {
+            let built = convert(new_container(
+                RStr::from_str(&name),
+                RStr::from_str(&config_json),
+                host,
+            ))?;
+            *slot = Some(built);
+            Ok(())
+        }
+    }
+
+    pub fn start(slot: &mut Slot) -> Result<(), CallError> {
+        match slot {
+            Some(container) => convert(container.start()),
+            None => Err(CallError::NotConstructed),
+        }
+    }
+
+    pub fn stop(slot: &mut Slot) -> Result<(), CallError> {
+        match slot {
+            Some(container) => convert(container.stop()),
+            None => Err(CallError::NotConstructed),
+        }
+    }
+
+    pub fn health(slot: &mut Slot) -> Result<HealthReport, CallError> {
+        let began = Instant::now();
+        let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+        let health = convert(container.health())?;
+        Ok(HealthReport {
+            healthy: health.status == FfiHealthStatus::Healthy,
+            message: health.message.into_string(),
+            duration: began.elapsed(),
+        })
+    }
+
+    pub fn ready(slot: &mut Slot) -> Result<Option<HealthReport>, CallError> {
+        let began = Instant::now();
+        let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+        let Some(result) = container.ready().into_option() else {
+            return Ok(None);
+        };
+        let health = convert(result)?;
+        Ok(Some(HealthReport {
+            healthy: health.status == FfiHealthStatus::Healthy,
+            message: health.message.into_string(),
+            duration: began.elapsed(),
+        }))
+    }
+
+    pub fn handover(slot: &mut Slot) -> Result<Option<Handover>, CallError> {
+        let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
+        match container.handover().into_option() {
+            None => Ok(None),
+            Some(result) => convert(result).map(|h| {
+                Some(Handover {
+                    version: h.version,
+                    bytes: h.bytes.into_vec(),
+                })
+            }),
+        }
+    }
+
+    /// Drops the plugin's value (reporting a panic in its `Drop`) and the handle.
+    pub fn dispose(slot: &mut Slot) -> Result<(), CallError> {
+        match slot.take() {
+            Some(mut container) => {
+                let result = convert(container.dispose());
+                drop(container);
+                result
+            }
+            None => Ok(()),
+        }
+    }
+}
 
 /// Owns one container's thread. Dropping it without [`Worker::finish`] abandons the thread.
 pub struct Worker {
@@ -165,99 +264,38 @@ impl Worker {
         host: FfiHostArc,
         timeout: Duration,
     ) -> Result<(), CallError> {
-        let new_container = self.library.module().new_container();
-        let name = name.to_owned();
-        self.call("the constructor", timeout, true, move |slot| {
-            let built = convert(new_container(
-                RStr::from_str(&name),
-                RStr::from_str(&config_json),
-                host,
-            ))?;
-            *slot = Some(built);
-            Ok(())
-        })
-        .await
+        let job = calls::construct(&self.library, name, config_json, host);
+        self.call("the constructor", timeout, true, job).await
     }
 
     pub async fn start(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("start", timeout, true, |slot| match slot {
-            Some(container) => convert(container.start()),
-            None => Err(CallError::NotConstructed),
-        })
-        .await
+        self.call("start", timeout, true, calls::start).await
     }
 
     pub async fn stop(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("stop", timeout, true, |slot| match slot {
-            Some(container) => convert(container.stop()),
-            None => Err(CallError::NotConstructed),
-        })
-        .await
+        self.call("stop", timeout, true, calls::stop).await
     }
 
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
         // A slow health check counts as a failed probe; the calls after it queue behind it,
         // and a stop that then overruns marks the worker stuck.
-        self.call("health", timeout, false, |slot| {
-            let began = Instant::now();
-            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
-            let health = convert(container.health())?;
-            Ok(HealthReport {
-                healthy: health.status == FfiHealthStatus::Healthy,
-                message: health.message.into_string(),
-                duration: began.elapsed(),
-            })
-        })
-        .await
+        self.call("health", timeout, false, calls::health).await
     }
 
     /// The readiness check; `None` when the plugin (built for interface 1.0) has none.
     pub async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
-        self.call("ready", timeout, false, |slot| {
-            let began = Instant::now();
-            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
-            let Some(result) = container.ready().into_option() else {
-                return Ok(None);
-            };
-            let health = convert(result)?;
-            Ok(Some(HealthReport {
-                healthy: health.status == FfiHealthStatus::Healthy,
-                message: health.message.into_string(),
-                duration: began.elapsed(),
-            }))
-        })
-        .await
+        self.call("ready", timeout, false, calls::ready).await
     }
 
     /// The state the instance hands the next on a hot reload (interface 1.3; `None` from
     /// older plugins and from those that hand nothing over).
     pub async fn handover(&self, timeout: Duration) -> Result<Option<Handover>, CallError> {
-        self.call("handover", timeout, true, |slot| {
-            let container = slot.as_mut().ok_or(CallError::NotConstructed)?;
-            match container.handover().into_option() {
-                None => Ok(None),
-                Some(result) => convert(result).map(|h| {
-                    Some(Handover {
-                        version: h.version,
-                        bytes: h.bytes.into_vec(),
-                    })
-                }),
-            }
-        })
-        .await
+        self.call("handover", timeout, true, calls::handover).await
     }
 
     /// Drops the plugin's value (reporting a panic in its `Drop`) and the handle.
     pub async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
-        self.call("drop", timeout, true, |slot| match slot.take() {
-            Some(mut container) => {
-                let result = convert(container.dispose());
-                drop(container);
-                result
-            }
-            None => Ok(()),
-        })
-        .await
+        self.call("drop", timeout, true, calls::dispose).await
     }
 
     /// Ends the thread and joins it. Fails, abandoning the thread, if it is stuck or does

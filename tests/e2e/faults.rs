@@ -923,7 +923,7 @@ fn request(
         .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
-fn try_request(
+pub(crate) fn try_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -1015,13 +1015,13 @@ fn whole_response(raw: &[u8]) -> Option<(u16, String)> {
 
 /// Polls `GET /` on the bystander every 50 ms on a thread until [`Watch::finish`] (at
 /// least once).
-struct Watch {
+pub(crate) struct Watch {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<(u32, Vec<String>)>>,
 }
 
 impl Watch {
-    fn start(echo: SocketAddr) -> Watch {
+    pub(crate) fn start(echo: SocketAddr) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -1047,7 +1047,7 @@ impl Watch {
     }
 
     /// How many polls `web` answered, and what went wrong with the others.
-    fn finish(mut self) -> (u32, Vec<String>) {
+    pub(crate) fn finish(mut self) -> (u32, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
         self.thread
             .take()

@@ -18,11 +18,7 @@
 //! contains `__isolate`. `cargo test -p balut-tests --test e2e isolation` runs them all.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use balut_tests::{
@@ -32,6 +28,7 @@ use balut_tests::{
 use serde_json::Value;
 
 use crate::control::{CLI_TIMEOUT, detail};
+use crate::faults::{Watch, try_request};
 use crate::hotplug::{first_stop_of, generation, wait_running_on};
 use crate::supervise::{chaos, last_error, restarts};
 use crate::{echo_entry, terminate_cleanly};
@@ -601,82 +598,7 @@ impl World {
 
 /// One `GET /` on a fresh connection: the status and the body.
 fn request(addr: SocketAddr) -> Result<(u16, String), String> {
-    let mut socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    socket
-        .write_all(
-            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut raw = Vec::new();
-    socket
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("reading: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no whole answer: {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line: {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
-
-/// Polls `GET /` on the bystander every 50 ms on a thread until [`Watch::finish`] (at
-/// least once).
-struct Watch {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(u32, Vec<String>)>>,
-}
-
-impl Watch {
-    fn start(echo: SocketAddr) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let (mut answered, mut failures) = (0, Vec::new());
-            loop {
-                match request(echo) {
-                    Ok((200, _)) => answered += 1,
-                    Ok((status, body)) => failures.push(format!("{status}: {body}")),
-                    Err(e) => failures.push(e),
-                }
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (answered, failures)
-        });
-        Watch {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// How many polls `web` answered, and what went wrong with the others.
-    fn finish(mut self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .expect("finish is called once")
-            .join()
-            .expect("the watch thread does not panic")
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    try_request(addr, "GET", "/", &[], b"")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -137,8 +137,9 @@ impl Context {
             .listener(RStr::from_str(name))
             .into_result()
             .map_err(|message| Error::msg(message.into_string()))?;
-        let fd = crate::export::adopt_fd(listener.fd);
-        Ok(match listener.kind {
+        let kind = listener.kind;
+        let fd = listener.into_owned_fd();
+        Ok(match kind {
             FfiListenerKind::Tcp => Listener::Tcp(TcpListener::from(fd)),
             FfiListenerKind::Unix => Listener::Unix(UnixListener::from(fd)),
         })

@@ -293,15 +293,6 @@ fn install_panic_hook() {
     });
 }
 
-/// Takes ownership of a descriptor the host passed across the boundary
-/// (`FfiHost::listener`).
-pub(crate) fn adopt_fd(fd: i32) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `FfiHost::listener` hands over a descriptor freshly duplicated for the
-    // caller, which nothing else owns or closes: the caller is its only owner from here.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
 /// Wraps an author's container so no panic escapes any call.
 struct Guarded<T: Container> {
     inner: Option<T>,

@@ -120,10 +120,21 @@ pub enum FfiListenerKind {
 /// Interface 1.3: a listening socket the host holds for a container: a descriptor the
 /// receiver owns (a duplicate; the host keeps its own). Frozen.
 #[repr(C)]
-#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(StableAbi, Debug, PartialEq, Eq)]
 pub struct FfiListener {
     pub kind: FfiListenerKind,
     pub fd: i32,
+}
+
+impl FfiListener {
+    /// Takes ownership of the descriptor, as the receiver of an `FfiHost::listener` answer.
+    pub fn into_owned_fd(self) -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `FfiHost::listener` hands over a descriptor freshly duplicated for the
+        // caller, which nothing else owns or closes; the caller calls this once per answer
+        // (it consumes the value), so the descriptor gets exactly one owner.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(self.fd) }
+    }
 }
 
 /// Log levels, as `tracing` has them. Frozen.

@@ -48,6 +48,8 @@ pub const PACKAGES: &[&str] = &[
     "balut-fixture-broken-start",
     "balut-fixture-needs-db",
     "balut-fixture-traps",
+    "balut-fixture-echo-broken",
+    "balut-fixture-echo-state-v2",
 ];
 
 /// A library built by [`build()`].
@@ -75,11 +77,17 @@ pub enum Lib {
     /// Plugin `traps`, whose library initializer or finalizer hangs, crashes or exits as
     /// the host's `BALUT_TRAP` environment variable says.
     Traps,
+    /// A "version" of http-echo (plugin name `http-echo`, version `9.9.9-broken`) whose
+    /// `start` always fails with "fixture: this version of http-echo cannot start".
+    EchoBroken,
+    /// A "version" of http-echo (plugin name `http-echo`, version `2.0.0-state-v2`) whose
+    /// constructor refuses state handed over in any format but 2 (http-echo hands over 1).
+    EchoStateV2,
 }
 
 impl Lib {
     /// Every library, in a fixed order.
-    pub const ALL: [Lib; 10] = [
+    pub const ALL: [Lib; 12] = [
         Lib::HttpEcho,
         Lib::Ticker,
         Lib::Chaos,
@@ -90,6 +98,8 @@ impl Lib {
         Lib::BrokenStart,
         Lib::NeedsDb,
         Lib::Traps,
+        Lib::EchoBroken,
+        Lib::EchoStateV2,
     ];
 
     /// The file name cargo gives the library.
@@ -105,6 +115,8 @@ impl Lib {
             Lib::BrokenStart => "libfixture_broken_start.so",
             Lib::NeedsDb => "libfixture_needs_db.so",
             Lib::Traps => "libfixture_traps.so",
+            Lib::EchoBroken => "libfixture_echo_broken.so",
+            Lib::EchoStateV2 => "libfixture_echo_state_v2.so",
         }
     }
 }

@@ -87,8 +87,9 @@ fn head_end(bytes: &[u8]) -> Option<usize> {
     crlf.into_iter().chain(lf).min()
 }
 
-/// Routes a request head: `GET /` gets the message, `GET /healthz` gets "ok".
-pub fn respond(head: &[u8], message: &str) -> Response {
+/// Routes a request head: `GET /` gets the message, `GET /healthz` gets "ok", `GET /count`
+/// the number `count` gives (requests answered so far).
+pub fn respond(head: &[u8], message: &str, count: impl FnOnce() -> u64) -> Response {
     let Ok(head) = std::str::from_utf8(head) else {
         return Response::bad_request();
     };
@@ -107,6 +108,7 @@ pub fn respond(head: &[u8], message: &str) -> Response {
     match (method, path) {
         ("GET", "/") => Response::new(200, "OK", message),
         ("GET", "/healthz") => Response::new(200, "OK", "ok"),
+        ("GET", "/count") => Response::new(200, "OK", count().to_string()),
         ("GET", _) => Response::new(404, "Not Found", "not found"),
         _ => Response::new(405, "Method Not Allowed", "method not allowed"),
     }
@@ -117,20 +119,22 @@ mod tests {
     use super::*;
 
     fn status(head: &str) -> u16 {
-        respond(head.as_bytes(), "hi").status
+        respond(head.as_bytes(), "hi", || 0).status
     }
 
     #[test]
     fn routes_requests() {
-        assert_eq!(respond(b"GET / HTTP/1.1\r\nHost: x", "hi").body, "hi");
-        assert_eq!(respond(b"GET /healthz HTTP/1.1", "hi").body, "ok");
+        assert_eq!(respond(b"GET / HTTP/1.1\r\nHost: x", "hi", || 0).body, "hi");
+        assert_eq!(respond(b"GET /healthz HTTP/1.1", "hi", || 0).body, "ok");
+        assert_eq!(respond(b"GET /count HTTP/1.1", "hi", || 42).body, "42");
+        assert_eq!(status("POST /count HTTP/1.1"), 405);
         assert_eq!(status("GET /?a=b HTTP/1.0"), 200);
         assert_eq!(status("GET /nope HTTP/1.1"), 404);
         assert_eq!(status("POST / HTTP/1.1"), 405);
         assert_eq!(status("GET / HTTP/2"), 400);
         assert_eq!(status("GET /"), 400);
         assert_eq!(status(""), 400);
-        assert_eq!(respond(b"GET / HTTP/1.1\r\n\xff", "hi").status, 400);
+        assert_eq!(respond(b"GET / HTTP/1.1\r\n\xff", "hi", || 0).status, 400);
     }
 
     #[test]
@@ -142,7 +146,8 @@ mod tests {
         assert!(text.contains("\r\nConnection: close\r\n"));
         assert!(text.ends_with("\r\n\r\nhéllo"));
         assert!(!text.contains("Allow:"));
-        let not_allowed = String::from_utf8(respond(b"PUT / HTTP/1.1", "").to_bytes()).unwrap();
+        let not_allowed =
+            String::from_utf8(respond(b"PUT / HTTP/1.1", "", || 0).to_bytes()).unwrap();
         assert!(not_allowed.contains("\r\nAllow: GET\r\n"));
     }
 

@@ -4,6 +4,11 @@
 //! (creating the file, but not its folder). `health` reports a failed write, or a worker
 //! that has fallen behind. `stop` wakes the worker at once and joins it.
 //!
+//! On a hot reload it hands its tick count to the next version (format version 1: the
+//! number of the last tick, a little-endian `u64`), which goes on from the next number
+//! ("continuing the tick count" in the log), so `n` never starts again at 1 in the file. A
+//! format it does not know fails the constructor (the host then keeps the running version).
+//!
 //! Config (the `config` table of the container's entry): `path` (required), `interval_ms`
 //! (1000; must be more than 0).
 
@@ -17,8 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use balut_plugin_api::{Container, Context, Error, Health, Level, export_plugin};
+use balut_plugin_api::{Container, Context, Error, Handover, Health, Level, export_plugin};
 use serde::Deserialize;
+
+/// The format of the state handed over on a hot reload: the last tick's number, a
+/// little-endian `u64`.
+const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +51,9 @@ struct Status {
     last_error: Option<String>,
     /// Lines written so far.
     written: u64,
+    /// The number of the last tick (written or not), counting the instances before this
+    /// one: the next tick is one more.
+    ticks: u64,
 }
 
 /// The running worker: dropping `wake` tells it to stop.
@@ -63,10 +75,24 @@ impl Ticker {
         if config.interval_ms == 0 {
             return Err(Error::msg("interval_ms must be more than 0"));
         }
+        let ticks = match ctx.take_handover() {
+            Some(state) => {
+                let ticks = read_ticks(&state)?;
+                let count = ticks.to_string();
+                ctx.log(
+                    Level::Info,
+                    "continuing the tick count",
+                    &[("ticks", &count)],
+                );
+                ticks
+            }
+            None => 0,
+        };
         let status = Status {
             last_ok: Instant::now(),
             last_error: None,
             written: 0,
+            ticks,
         };
         Ok(Self {
             ctx,
@@ -126,6 +152,30 @@ impl Container for Ticker {
             _ => Health::unhealthy("the ticker thread is not running"),
         }
     }
+
+    /// The tick count, for the next version to go on from. Called after `stop`: the
+    /// worker has written its last tick.
+    fn handover(&mut self) -> Option<Handover> {
+        let ticks = lock(&self.status).ticks;
+        self.ctx.log(
+            Level::Info,
+            "handing the tick count over",
+            &[("ticks", &ticks.to_string())],
+        );
+        Some(Handover::new(STATE_VERSION, ticks.to_le_bytes().to_vec()))
+    }
+}
+
+/// The tick count in state handed over by the previous instance.
+fn read_ticks(state: &Handover) -> Result<u64, Error> {
+    let bytes = state.expect_version(STATE_VERSION)?;
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+        Error::msg(format!(
+            "state handed over in format version {STATE_VERSION} must be 8 bytes (the tick count), not {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 impl Drop for Ticker {
@@ -144,15 +194,17 @@ fn run(
     sleeper: &mpsc::Receiver<()>,
 ) {
     let mut wait = Duration::ZERO; // the first tick comes right away
-    for n in 1.. {
+    loop {
         match sleeper.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             // Disconnected: `stop` dropped the sender.
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         let started = Instant::now();
+        let n = lock(status).ticks.saturating_add(1);
         let result = append_tick(path, n, unix_millis());
         let mut status = lock(status);
+        status.ticks = n;
         match result {
             Ok(()) => {
                 if status.last_error.take().is_some() {
@@ -222,6 +274,7 @@ mod tests {
             last_ok: start,
             last_error: None,
             written: 0,
+            ticks: 0,
         };
         assert_eq!(check(&status, interval, start), Health::Healthy);
         let later = start + Duration::from_millis(300);
@@ -236,6 +289,16 @@ mod tests {
             check(&status, interval, start),
             Health::unhealthy("cannot append to /x: denied")
         );
+    }
+
+    #[test]
+    fn the_tick_count_is_read_from_version_1_only() {
+        let state = Handover::new(1, 17u64.to_le_bytes().to_vec());
+        assert_eq!(read_ticks(&state).unwrap(), 17);
+        let e = read_ticks(&Handover::new(3, vec![0; 8])).unwrap_err();
+        assert!(e.message().contains("does not understand"), "{e}");
+        let e = read_ticks(&Handover::new(1, Vec::new())).unwrap_err();
+        assert!(e.message().contains("must be 8 bytes"), "{e}");
     }
 
     #[test]

@@ -125,10 +125,41 @@
 //! So put checks that need nothing but the config in `Config` (`#[serde(deny_unknown_fields)]`,
 //! `deserialize_with`, `#[serde(try_from = ...)]`), and the rest in the constructor.
 //!
+//! # Sockets the host holds, and state across a reload (interface 1.3)
+//! A network service should not bind its own port: declare it in the host's config
+//! (`[containers.web.listen] http = "127.0.0.1:8080"`) and take it with
+//! [`Context::listener`]. The host keeps that socket open across restarts and reloads, so
+//! no connection is refused while an instance changes, and it starts a new version beside
+//! the old one on the same socket (both accept from it for a moment: use it the same way,
+//! blocking or not, in every version, since that mode belongs to the socket, not to your
+//! handle). To carry state to the next version, return it from
+//! [`Container::handover`] with a format version, and take it in the constructor:
+//!
+//! ```
+//! use balut_plugin_api::{Context, Error, Handover};
+//!
+//! const STATE: u32 = 1;
+//!
+//! fn restored(ctx: &Context) -> Result<u64, Error> {
+//!     let Some(state) = ctx.take_handover() else { return Ok(0) };
+//!     // An unknown format fails the constructor: the reload is rolled back and the old
+//!     // instance keeps its state.
+//!     let bytes: [u8; 8] = state.expect_version(STATE)?.try_into().map_err(Error::msg)?;
+//!     Ok(u64::from_le_bytes(bytes))
+//! }
+//!
+//! fn saved(count: u64) -> Handover {
+//!     Handover::new(STATE, count.to_le_bytes().to_vec())
+//! }
+//! # let _ = (restored, saved);
+//! ```
+//!
 //! # What the host expects
 //! - `stop` joins every thread `start` spawned; the host unloads the library afterwards and
 //!   reports a library that stays mapped.
-//! - No `std::process::exit`, no aborts, no signal handlers: those end the host.
+//! - No `std::process::exit`, no aborts, no signal handlers: those end the host (unless the
+//!   operator runs the container with `isolation = "process"`, where they end only its own
+//!   process and the host restarts it).
 //!
 //! # Interface versions
 //! The interface is versioned [`INTERFACE_MAJOR`]`.`[`INTERFACE_MINOR`]. A host loads a

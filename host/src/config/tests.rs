@@ -144,3 +144,64 @@ fn api_limits_parse_with_defaults_and_bad_values_name_the_key() {
         );
     }
 }
+
+#[test]
+fn held_sockets_and_the_reload_mode_parse_with_clear_errors() {
+    let config = Config::parse(
+        "[containers.web]\nplugin = \"http-echo\"\nreload = \"stop-first\"\n\
+         [containers.web.listen]\nhttp = \"127.0.0.1:8080\"\nadmin = \"unix:/run/web.sock\"\n",
+    )
+    .unwrap();
+    let web = &config.containers[0];
+    assert_eq!(web.reload, Some(ReloadMode::StopFirst));
+    let names: Vec<&str> = web.listen.keys().map(SocketName::as_str).collect();
+    assert_eq!(names, ["admin", "http"]);
+
+    let err = Config::parse(
+        "[containers.web]\nplugin = \"x\"\n[containers.web.listen]\nhttp = \"localhost:80\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("neither HOST:PORT") && err.contains("line 4"),
+        "{err}"
+    );
+
+    let err = Config::parse(
+        "[containers.a]\nplugin = \"x\"\nlisten = { http = \"127.0.0.1:80\" }\n\
+         [containers.b]\nplugin = \"x\"\nlisten = { web = \"127.0.0.1:80\" }\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "containers.b.listen.web: 127.0.0.1:80 is also containers.a.listen.http"
+    );
+
+    let err = Config::parse("[containers.a]\nplugin = \"x\"\nreload = \"later\"\n").unwrap_err();
+    assert!(
+        err.contains("overlap") && err.contains("stop-first"),
+        "{err}"
+    );
+    let err =
+        Config::parse("[containers.a]\nplugin = \"x\"\nlisten = { \"a b\" = \"127.0.0.1:80\" }\n")
+            .unwrap_err();
+    assert!(err.contains("socket name"), "{err}");
+}
+
+#[test]
+fn a_memory_limit_needs_process_isolation_and_room_to_start() {
+    let err = Config::parse("[containers.a]\nplugin = \"x\"\nmemory_max_bytes = 268435456\n")
+        .unwrap_err();
+    assert!(
+        err.starts_with("containers.a.memory_max_bytes: a memory limit needs"),
+        "{err}"
+    );
+    let err = Config::parse(
+        "[containers.a]\nplugin = \"x\"\nisolation = \"process\"\nmemory_max_bytes = 1000\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("below the minimum"), "{err}");
+    let ok = Config::parse(
+        "[host]\nisolation = \"process\"\n[containers.a]\nplugin = \"x\"\nmemory_max_bytes = 268435456\n",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}

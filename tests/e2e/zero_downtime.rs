@@ -391,10 +391,13 @@ fn stop_first_reloads_on_a_held_socket_fail_no_request_either() {
 // ---------------------------------------------------------------------------------------
 // Rollbacks.
 
-/// Waits until the http-echo file is refused as rolled back; returns its entry.
-fn wait_rolled_back(host: &Host) -> Value {
-    let entry = host.wait_plugin(FILE, "rolled back", STATE_TIMEOUT, |p| {
-        p["error_kind"] == "rolled_back"
+/// Puts `bytes` as the http-echo file and waits until that content is refused as rolled
+/// back; returns the file's entry.
+fn put_rolled_back(host: &Host, dir: &PluginDir, bytes: &[u8]) -> Value {
+    let sha = sha12(bytes);
+    dir.put(FILE, bytes, Put::Rename);
+    let entry = host.wait_plugin(FILE, &format!("{sha} rolled back"), STATE_TIMEOUT, |p| {
+        p["error_kind"] == "rolled_back" && p["refused_sha256"] == sha
     });
     assert_eq!(entry["status"], "error", "{entry}");
     entry
@@ -425,8 +428,7 @@ fn a_version_that_cannot_start_is_rolled_back_without_dropping_a_request() {
     let load = Load::start(&target, CLIENTS);
 
     let mark = host.mark();
-    dir.put(FILE, &lib_bytes(Lib::EchoBroken), Put::Rename);
-    let entry = wait_rolled_back(&host);
+    let entry = put_rolled_back(&host, &dir, &lib_bytes(Lib::EchoBroken));
     let error = entry["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("fixture: this version of http-echo cannot start"),
@@ -476,8 +478,7 @@ fn state_in_a_format_the_new_version_refuses_is_a_clear_error_and_a_rollback() {
     let load = Load::start(&target, CLIENTS);
 
     let mark = host.mark();
-    dir.put(FILE, &lib_bytes(Lib::EchoStateV2), Put::Rename);
-    let entry = wait_rolled_back(&host);
+    let entry = put_rolled_back(&host, &dir, &lib_bytes(Lib::EchoStateV2));
     let error = entry["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(
@@ -496,6 +497,43 @@ fn state_in_a_format_the_new_version_refuses_is_a_clear_error_and_a_rollback() {
         report.answered
     );
     terminate_cleanly(host);
+}
+
+/// Rollbacks where the old instance was stopped first (stop-first: it handed its state
+/// over after `stop`, and the rollback gives it back) or runs in a process of its own: no
+/// request fails, and the count goes on exactly.
+#[test]
+fn rollbacks_in_stop_first_and_process_mode_drop_nothing_and_keep_the_count() {
+    for extra in ["reload = \"stop-first\"", "isolation = \"process\""] {
+        let target = Target::free_tcp();
+        let mut dir = PluginDir::with(&[Lib::HttpEcho]);
+        let host = web_host(&mut dir, &target, extra, "");
+        let before = count(&target);
+        let load = Load::start(&target, CLIENTS);
+        for (lib, says) in [
+            (Lib::EchoStateV2, "(reading 2) does not understand"),
+            (
+                Lib::EchoBroken,
+                "fixture: this version of http-echo cannot start",
+            ),
+        ] {
+            let entry = put_rolled_back(&host, &dir, &lib_bytes(lib));
+            let error = entry["error"].as_str().unwrap_or_default();
+            assert!(error.contains(says), "{extra}, {lib:?}: {entry}");
+            let web = host.wait_state("web", "running", STATE_TIMEOUT);
+            assert_eq!(generation(&web), 1, "{extra}: {web}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let report = load.finish();
+        report.check(&format!("rollbacks, {extra}"));
+        // Every answer counted once: the `GET /count` above, and the load's.
+        assert_eq!(
+            count(&target),
+            before + 1 + report.answered as u64,
+            "{extra}"
+        );
+        terminate_cleanly(host);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -730,6 +768,31 @@ fn an_overlapping_reload_shows_replaced_then_reloaded() {
     assert!(
         !got.iter().any(|e| e.is_state_of("web")),
         "web changed state during the reload: {kinds:?}"
+    );
+    terminate_cleanly(host);
+}
+
+// ---------------------------------------------------------------------------------------
+// Config changes.
+
+#[test]
+fn a_new_listen_address_in_the_config_moves_the_container_there() {
+    let first = Target::free_tcp();
+    let mut dir = PluginDir::with(&[Lib::HttpEcho]);
+    let host = web_host(&mut dir, &first, "", "");
+    let second = Target::free_tcp();
+    dir.write_config(&web_entry(&second, ""));
+    let (status, body) = host.post("/v1/reload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], serde_json::json!(["web"]), "{body}");
+    host.wait_for("web to answer on its new address", STATE_TIMEOUT, |_| {
+        matches!(get(&second, "/"), Ok((200, _)))
+    });
+    host.wait_state("web", "running", STATE_TIMEOUT);
+    let old = get(&first, "/");
+    assert!(
+        old.as_ref().is_err_and(|e| e.contains("ConnectionRefused")),
+        "the old address is let go: {old:?}"
     );
     terminate_cleanly(host);
 }

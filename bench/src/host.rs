@@ -2,7 +2,7 @@
 //! event stream, measure its CPU time, stop it with SIGTERM.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -45,6 +45,16 @@ impl Dirs {
 impl Host {
     /// Starts `balut run` on a free loopback port and waits until it prints its address.
     pub fn start(balut: &Path, dirs: &Dirs, config: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_logged(balut, dirs, config, None)
+    }
+
+    /// [`Host::start`], and the host's log (stderr, `warn,balut=info`) copied to `log`.
+    pub fn start_logged(
+        balut: &Path,
+        dirs: &Dirs,
+        config: Option<&Path>,
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(balut);
         command
             .args(["run", "--listen", "127.0.0.1:0", "--plugin-dir"])
@@ -54,7 +64,15 @@ impl Host {
         }
         let spawned = Instant::now();
         let mut child = command
-            .env("RUST_LOG", "warn,balut=info")
+            // The copy also has the plugins' own lines.
+            .env(
+                "RUST_LOG",
+                if log.is_some() {
+                    "warn,balut=info,plugin=info"
+                } else {
+                    "warn,balut=info"
+                },
+            )
             .env("TMPDIR", &dirs.tmp)
             .env_remove("NOTIFY_SOCKET")
             .stdout(Stdio::null())
@@ -62,10 +80,23 @@ impl Host {
             .spawn()
             .context("starting balut")?;
         let stderr = child.stderr.take().context("host stderr")?;
+        let mut copy = match log {
+            Some(path) => Some(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => None,
+        };
         let (tx, rx) = mpsc::channel();
         // Reads the log to its end, so the host never blocks on a full pipe.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = copy.as_mut() {
+                    // The copy is for reading afterwards; a failed write only loses it.
+                    if writeln!(file, "{line}").is_err() {
+                        copy = None;
+                    }
+                }
                 if let Some(at) = line.find("addr=") {
                     let addr = line[at + 5..]
                         .split_whitespace()

@@ -8,6 +8,9 @@
 //! - `load`: file -> `running` per plugin through the host, against the floor (the same
 //!   steps by hand), at 1, 10 and 50 plugins.
 //! - `reload`: `rename` of a new version -> new generation `running`.
+//! - `reload_under_load`: `http-echo` under continuous HTTP load through many hot reloads,
+//!   on a socket of its own (stop-first) beside one the host holds (overlap): requests
+//!   failed, the longest gap between answers, latency.
 //! - `scale` (alias `status`): 1,000 instances: start, status endpoints under load, idle
 //!   CPU, stop on SIGTERM.
 //! - `call`: one health probe round trip through `Worker::health`, beside a direct call.
@@ -24,6 +27,7 @@ mod isolation;
 mod load;
 mod plugins;
 mod reload;
+mod reload_under_load;
 mod report;
 mod scale;
 
@@ -39,9 +43,10 @@ type Benchmark = fn(&Artifacts, bool, &mut Figures) -> anyhow::Result<()>;
 
 /// Every benchmark, in the order they run. `cycle` is last: its never-unloading half
 /// leaves a thousand libraries mapped in this process.
-const BENCHMARKS: [(&str, Benchmark); 6] = [
+const BENCHMARKS: [(&str, Benchmark); 7] = [
     ("load", load::run),
     ("reload", reload::run),
+    ("reload_under_load", reload_under_load::run),
     ("scale", scale::run),
     ("call", call::run),
     ("isolation", isolation::run),
@@ -115,11 +120,12 @@ fn run() -> anyhow::Result<bool> {
 pub struct Artifacts {
     balut: PathBuf,
     chaos: PathBuf,
+    http_echo: PathBuf,
     /// The cargo target folder.
     target: PathBuf,
 }
 
-/// Builds the host and the plugin the benchmarks use, in release mode.
+/// Builds the host and the plugins the benchmarks use, in release mode.
 fn build() -> anyhow::Result<Artifacts> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -158,6 +164,8 @@ fn build() -> anyhow::Result<Artifacts> {
             "-p",
             "balut-plugin-chaos",
             "-p",
+            "balut-plugin-http-echo",
+            "-p",
             "balut-bench",
         ])
         .status()
@@ -172,6 +180,7 @@ fn build() -> anyhow::Result<Artifacts> {
     Ok(Artifacts {
         balut: release.join("balut"),
         chaos: release.join("libchaos.so"),
+        http_echo: release.join("libhttp_echo.so"),
         target,
     })
 }

@@ -41,6 +41,9 @@ impl<P: Platform> Supervisor<P> {
     /// worker thread; results are handled as they come. Those whose requirements are not
     /// ready are left waiting.
     pub(super) async fn start_many(&mut self, names: Vec<String>) {
+        if self.shared.stop_requested_at().is_some() {
+            return; // The host is shutting down: nothing new starts.
+        }
         let mut jobs = JoinSet::new();
         let mut prepared: HashMap<String, Instance<P::Worker>> = HashMap::new();
         for name in names {

@@ -250,6 +250,10 @@ impl<P: Platform> Supervisor<P> {
     /// One turn: start what is due, unload what is unused, then wait for one thing to
     /// happen and handle it.
     async fn step(&mut self, rescans: &mut tokio::time::Interval) -> Flow {
+        // A stop asked for while the last turn was busy: nothing more starts.
+        if self.shared.stop_requested_at().is_some() {
+            return Flow::Shutdown;
+        }
         // Starting first: a container restarting at once reuses its generation in memory.
         self.converge().await;
         self.files.sweep(&mut self.platform);

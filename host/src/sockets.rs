@@ -113,6 +113,14 @@ impl Sockets {
             .unwrap_or_default()
     }
 
+    /// Closes every held socket (at shutdown).
+    pub fn release_all(&mut self) {
+        let containers: Vec<String> = self.by_container.keys().cloned().collect();
+        for container in containers {
+            self.release(&container);
+        }
+    }
+
     /// Closes the sockets of a container that is gone (a Unix socket's file is removed).
     pub fn release(&mut self, container: &str) {
         if let Some(held) = self.by_container.remove(container) {

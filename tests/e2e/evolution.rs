@@ -1,11 +1,15 @@
-//! Interface evolution: a plugin built against the frozen interface 1.0 API
-//! (`tests/fixtures/old-api`) loads, runs, stops and unloads in this host (1.2), beside
-//! 1.2 plugins; and the 1.1 additions (readiness, reported failures, default requirements)
-//! work end to end.
+//! Interface evolution: plugins built against the frozen interface 1.0 and 1.2 APIs
+//! (`tests/fixtures/old-api`, `tests/fixtures/api-1.2`) load, run, reload and unload in this
+//! host (1.3), beside 1.3 plugins; and the 1.1 additions (readiness, reported failures,
+//! default requirements) work end to end.
 
 use std::time::{Duration, Instant};
 
-use balut_tests::{EXIT_TIMEOUT, Host, Lib, PluginDir, STATE_TIMEOUT, Signal, old_api_plugin};
+use balut_tests::{
+    EXIT_TIMEOUT, Host, Lib, PluginDir, Put, STATE_TIMEOUT, Signal, api_1_2_plugin, old_api_plugin,
+};
+
+use crate::terminate_cleanly;
 
 /// How many private copies of `stem` the host has mapped.
 fn mapped(host: &Host, stem: &str) -> usize {
@@ -172,4 +176,67 @@ fn a_plugin_default_requirement_applies_unless_the_config_overrides_it() {
     assert_eq!(alone["requires"], serde_json::json!([]), "{alone}");
     host.signal(Signal::SIGTERM);
     assert_eq!(host.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
+
+/// A plugin built against interface 1.2 (`tests/fixtures/api-1.2`, before held sockets and
+/// hand-over) in this 1.3 host: its config is checked by its own type, it reports readiness,
+/// and it is hot-reloaded both ways: stop-first, and overlapping, where the host asks it for
+/// its state through a vtable that has no hand-over (the default answers "nothing").
+#[test]
+fn a_plugin_built_for_interface_1_2_loads_checks_its_config_and_reloads_both_ways() {
+    let mut dir = PluginDir::new();
+    let config = |reload: &str, extra: &str| {
+        format!(
+            "[containers.timer]\nplugin = \"timer-1-2\"\nreload = \"{reload}\"\nconfig = {{ interval_ms = 5{extra} }}\n"
+        )
+    };
+    dir.write_config(&config("stop-first", ""));
+    let bytes = std::fs::read(api_1_2_plugin()).expect("the 1.2 fixture");
+    dir.put("libtimer.so", &bytes, Put::Rename);
+    let host = Host::start(&dir);
+    host.wait_state("timer", "running", STATE_TIMEOUT);
+    assert_eq!(host.plugin("libtimer.so")["interface_version"], "1.2");
+    host.wait_log("timer started on interface 1.2", STATE_TIMEOUT);
+    assert_eq!(host.container("timer")["ready"], true);
+
+    // Its own config type (1.2's check_config) names the key it refuses.
+    dir.write_config(&config("stop-first", ", colour = 1"));
+    let (status, body) = host.post("/v1/reload");
+    assert_eq!(status, 422, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("containers.timer.config"), "{text}");
+    assert!(text.contains("colour"), "{text}");
+
+    // Stop-first, then overlapping reloads of new content.
+    for (n, reload) in [(1u8, "stop-first"), (2, "overlap"), (3, "overlap")] {
+        dir.write_config(&config(reload, ""));
+        let (status, body) = host.post("/v1/reload");
+        assert_eq!(status, 200, "{body}");
+        let mut next = bytes.clone();
+        next.extend_from_slice(&[n; 16]);
+        dir.put("libtimer.so", &next, Put::Rename);
+        let generation = u64::from(n) + 1;
+        host.wait_for(
+            &format!("generation {generation} running"),
+            STATE_TIMEOUT,
+            |h| {
+                let c = h.container("timer");
+                c["state"] == "running" && c["generation"] == generation
+            },
+        );
+    }
+    let lines = host.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("starting the new instance beside the running one")),
+        "no overlapping reload in the log:\n{}",
+        host.logs()
+    );
+    assert!(
+        host.plugin("libtimer.so")["error"].is_null(),
+        "{}",
+        host.plugin("libtimer.so")
+    );
+    terminate_cleanly(host);
 }

@@ -30,6 +30,7 @@ mod traps;
 mod trust;
 mod unix;
 mod unload;
+mod zero_downtime;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

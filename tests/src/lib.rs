@@ -232,28 +232,39 @@ fn run_cargo_build() -> Build {
 /// `target/old-api`).
 pub fn old_api_plugin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = &build().root;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"))
-            .join("old-api");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-        let output = Command::new(&cargo)
-            .current_dir(root.join("tests/fixtures/old-api"))
-            .args(["build", "--target-dir"])
-            .arg(&target)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
-        if !output.status.success() {
-            panic!(
-                "building tests/fixtures/old-api failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        target.join("debug").join("libfixture_old_timer.so")
-    })
+    BUILT.get_or_init(|| build_frozen("old-api", "libfixture_old_timer.so"))
+}
+
+/// `libfixture_timer_1_2.so`: a plugin built against the frozen interface 1.2 API in
+/// `tests/fixtures/api-1.2` (built once per test process into `target/api-1.2`).
+pub fn api_1_2_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_frozen("api-1.2", "libfixture_timer_1_2.so"))
+}
+
+/// Builds the fixture workspace `tests/fixtures/NAME` into `target/NAME`; the path of its
+/// library `file`.
+fn build_frozen(name: &str, file: &str) -> PathBuf {
+    let root = &build().root;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join(name);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let output = Command::new(&cargo)
+        .current_dir(root.join("tests/fixtures").join(name))
+        .args(["build", "--target-dir"])
+        .arg(&target)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.to_string_lossy()));
+    if !output.status.success() {
+        panic!(
+            "building tests/fixtures/{name} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    target.join("debug").join(file)
 }
 
 /// A throwaway folder: `plugins/` (the plugin folder), `balut.toml` (config, when written),

@@ -26,6 +26,9 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Print a running host's events as they happen.
     Events(EventsArgs),
+    /// Write a new plugin crate to start from: a cdylib with its container, its export
+    /// line and a unit test.
+    New(NewArgs),
     /// Internal: open and close one library in this short-lived process, so its
     /// initializers and finalizers run here first (the host's pre-flight of new content).
     #[command(name = "__preflight", hide = true)]
@@ -140,4 +143,28 @@ pub struct StatusArgs {
     /// Redraw the table whenever something changes (from the event stream).
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The plugin's name, also its crate's: a-z first, then a-z, 0-9, '-' or '_'.
+    pub name: String,
+    /// What the plugin is: a small HTTP service (on the socket the host holds for it, else
+    /// its own) or a worker running a job every interval on a thread of its own.
+    #[arg(long, value_enum, default_value = "service")]
+    pub kind: PluginKind,
+    /// The crate's folder, made if needed; it must not exist or be empty [default: ./NAME]
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<PathBuf>,
+    /// The balut-plugin-api crate the plugin depends on (by absolute path) [default: the
+    /// plugin-api/ folder of the checkout balut was built from]
+    #[arg(long, value_name = "DIR")]
+    pub plugin_api: Option<PathBuf>,
+}
+
+/// What `balut new` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PluginKind {
+    Service,
+    Worker,
 }

@@ -24,6 +24,7 @@ mod model;
 mod platform;
 mod probes;
 mod restart;
+mod scaffold;
 mod sdnotify;
 pub mod services;
 mod sockets;
@@ -85,6 +86,7 @@ pub fn main() -> ExitCode {
         },
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
+        Command::New(args) => scaffold::main(&args),
         Command::Preflight { library } => loader::preflight::child(&library),
         Command::Isolate { container: _ } => isolation::child_main(),
     };

@@ -204,9 +204,16 @@ where
     E: Display,
     F: FnOnce(C, Context) -> Result<T, E>,
 {
+    drop(constructor);
+    check_config_of::<C>(config_json)
+}
+
+/// The config check for the config type `C` (what [`check_config`] runs).
+pub(crate) fn check_config_of<C: DeserializeOwned>(
+    config_json: RStr<'_>,
+) -> RResult<(), FfiConfigError> {
     install_panic_hook();
     let checked = catch_unwind(AssertUnwindSafe(move || {
-        drop(constructor);
         parse_config::<C>(config_json.as_str()).map(drop)
     }));
     match checked {

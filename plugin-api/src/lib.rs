@@ -1,4 +1,6 @@
-//! Write container plugins for the [Balut](https://example.invalid/balut) plugin host.
+//! Write container plugins for the Balut plugin host (`balut run`; its README, in the
+//! repository this crate comes from, says how to run it, and `balut new NAME` writes a
+//! plugin crate to start from).
 //!
 //! A plugin is a `cdylib` crate with one type that implements [`Container`] and one
 //! [`export_plugin!`] line. Drop the built library (`lib<name>.so`) into the host's plugin
@@ -11,8 +13,11 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! balut-plugin-api = { path = "../plugin-api" }
+//! balut-plugin-api = { path = "/path/to/balut/plugin-api" }
 //! serde = { version = "1", features = ["derive"] }
+//!
+//! [dev-dependencies]
+//! balut-plugin-api = { path = "/path/to/balut/plugin-api", features = ["testing"] }
 //! ```
 //!
 //! ```
@@ -161,6 +166,15 @@
 //!   operator runs the container with `isolation = "process"`, where they end only its own
 //!   process and the host restarts it).
 //!
+//! # Testing a plugin
+//! With the cargo feature `testing` (turn it on in `[dev-dependencies]` only:
+//! `balut-plugin-api = { path = "...", features = ["testing"] }`), the `testing` module
+//! stands in for the host in unit tests: a `TestHost` records what a [`Context`] reports
+//! (log lines with their fields, readiness, failures, finishes), requests a stop, lends
+//! sockets and hands over state; `Lifecycle` runs a container through the glue
+//! [`export_plugin!`] generates (config check, constructor, `start`, readiness, `health`,
+//! `handover`, `stop`, drop) and reports each step's result and time.
+//!
 //! # Interface versions
 //! The interface is versioned [`INTERFACE_MAJOR`]`.`[`INTERFACE_MINOR`]. A host loads a
 //! plugin built for the same major and a minor no newer than its own; it refuses others
@@ -172,6 +186,9 @@ mod declaration;
 mod export;
 #[doc(hidden)]
 pub mod ffi;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use container::{Container, Error, Handover, Health};
 pub use context::{Context, Level, Listener};

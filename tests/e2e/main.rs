@@ -20,6 +20,7 @@ mod metrics;
 mod observe;
 mod regressions;
 mod run;
+mod scaffold;
 mod sdnotify;
 mod signals;
 mod soak;

@@ -588,4 +588,129 @@ mod tests {
         );
         assert!(timed_reports(&Config::default()).is_empty());
     }
+
+    /// Every fault shows in the life cycle step it hits, through the same glue the host
+    /// calls: a panic is caught there and reported with its message.
+    #[test]
+    fn faults_show_in_the_step_they_hit() {
+        use balut_plugin_api::testing::{Lifecycle, Step, json};
+
+        let calm = Lifecycle::new(Chaos::new).run();
+        calm.assert_ok();
+        let said: Vec<String> = calm.host().logs().into_iter().map(|l| l.message).collect();
+        assert_eq!(
+            said,
+            [
+                "created",
+                "started, idling",
+                "health check",
+                "stopped",
+                "dropped"
+            ]
+        );
+
+        let failing = |config, step: Step, error: &str| {
+            let report = Lifecycle::new(Chaos::new).config(config).run();
+            let failed = report
+                .failure()
+                .unwrap_or_else(|| panic!("no failure:\n{report}"));
+            assert_eq!(failed.step, step, "{report}");
+            assert_eq!(failed.error(), Some(error), "{report}");
+            report
+        };
+        failing(
+            json!({ "panic_in": "new" }),
+            Step::New,
+            "panicked: chaos: panic in new",
+        );
+        let report = failing(
+            json!({ "panic_in": "start" }),
+            Step::Start,
+            "panicked: chaos: panic in start",
+        );
+        // A failed start is stopped and dropped, as the host does.
+        assert!(report.step(Step::Drop).unwrap().is_ok());
+        failing(
+            json!({ "fail_start": true }),
+            Step::Start,
+            "chaos: start failed as configured",
+        );
+        failing(
+            json!({ "fail_health_after": 0 }),
+            Step::Health,
+            "unhealthy: chaos: unhealthy after 0 checks as configured",
+        );
+        failing(
+            json!({ "fail_ready_after": 0 }),
+            Step::Ready,
+            "unhealthy: chaos: not ready after 0 checks as configured",
+        );
+        failing(
+            json!({ "panic_in": "stop" }),
+            Step::Stop,
+            "panicked: chaos: panic in stop",
+        );
+        failing(
+            json!({ "panic_in": "drop" }),
+            Step::Drop,
+            "panicked: chaos: panic in drop",
+        );
+        let report = Lifecycle::new(Chaos::new)
+            .config(json!({ "pannic_in": "drop" }))
+            .run();
+        let failed = report.failure().unwrap();
+        assert_eq!(failed.step, Step::CheckConfig);
+        assert!(
+            failed
+                .error()
+                .unwrap()
+                .starts_with("pannic_in: unknown field")
+        );
+    }
+
+    #[test]
+    fn reports_readiness_failures_and_finishes_to_the_host() {
+        use balut_plugin_api::testing::{Lifecycle, Step, json};
+
+        let report = Lifecycle::new(Chaos::new)
+            .config(json!({ "ready_after_ms": 30, "finish_after_ms": 40 }))
+            .while_running(|running| {
+                let host = running.host();
+                assert!(host.wait_for(Duration::from_secs(10), |h| !h.finished().is_empty()));
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        assert_eq!(report.host().readiness(), [false, true]);
+        assert!(report.step(Step::Ready).unwrap().took >= Duration::from_millis(20));
+        assert_eq!(report.host().finished(), ["finished after 40 ms"]);
+
+        let report = Lifecycle::new(Chaos::new)
+            .config(json!({ "report_failure_after_ms": 10 }))
+            .while_running(|running| {
+                let host = running.host();
+                assert!(host.wait_for(Duration::from_secs(10), |h| !h.failures().is_empty()));
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        assert_eq!(
+            report.host().failures(),
+            ["chaos: failure reported as configured"]
+        );
+    }
+
+    #[test]
+    fn a_hang_past_the_timeout_ends_the_life_cycle() {
+        use balut_plugin_api::testing::{Lifecycle, Step, json};
+
+        let report = Lifecycle::new(Chaos::new)
+            .config(json!({ "hang_in": "stop", "hang_ms": 500 }))
+            .timeout(Duration::from_millis(100))
+            .run();
+        let failed = report.failure().unwrap();
+        assert_eq!(failed.step, Step::Stop);
+        assert_eq!(failed.error(), Some("did not return within 100ms"));
+        assert!(report.step(Step::Drop).is_none());
+    }
 }

@@ -235,4 +235,112 @@ mod tests {
         let e = read_count(&Handover::new(1, vec![0; 3])).unwrap_err();
         assert!(e.message().contains("must be 8 bytes"), "{e}");
     }
+
+    /// `GET path` on `addr`: the whole response.
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+
+    /// The life cycle through the export glue, on a socket the test host holds: it serves,
+    /// counts, hands the count over while still serving (as in an overlapping reload), and
+    /// the next instance goes on from it on the same socket.
+    #[test]
+    fn life_cycle_on_a_held_socket_hands_the_count_over() {
+        use balut_plugin_api::testing::{Lifecycle, Step, TestHost, json};
+
+        let host = TestHost::new("web");
+        let addr = host.bind_tcp(SOCKET).unwrap();
+        let report = Lifecycle::new(HttpEcho::new)
+            .host(host.clone())
+            .config(json!({ "message": "hi", "drain_timeout_ms": 1000 }))
+            .while_running(|running| {
+                assert!(
+                    running
+                        .host()
+                        .logged("listening on a socket the host holds")
+                );
+                assert!(get(addr, "/").ends_with("\r\n\r\nhi"));
+                assert!(get(addr, "/").ends_with("\r\n\r\nhi"));
+                assert!(get(addr, "/count").ends_with("\r\n\r\n2"));
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        let order: Vec<Step> = report.steps().iter().map(|s| s.step).collect();
+        assert_eq!(
+            order,
+            [
+                Step::CheckConfig,
+                Step::New,
+                Step::Start,
+                Step::Ready,
+                Step::Health,
+                Step::WhileRunning,
+                Step::Handover,
+                Step::Stop,
+                Step::Drop
+            ]
+        );
+        // Two for `/`, and the `/count` request, which counts once answered.
+        let state = report.handover().unwrap().clone();
+        assert_eq!(read_count(&state).unwrap(), 3);
+
+        // The next version, on the same socket, with the count handed over.
+        let next = TestHost::new("web");
+        next.hold_tcp(
+            SOCKET,
+            host.context().listener(SOCKET).unwrap().into_tcp().unwrap(),
+        );
+        next.set_handover(state);
+        let report = Lifecycle::new(HttpEcho::new)
+            .host(next)
+            .while_running(|_| {
+                assert!(get(addr, "/count").ends_with("\r\n\r\n3"));
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        let continued = report
+            .host()
+            .find_log("continuing the request count")
+            .unwrap();
+        assert_eq!(continued.field("count"), Some("3"));
+    }
+
+    #[test]
+    fn life_cycle_on_its_own_port_and_refused_configs() {
+        use balut_plugin_api::testing::{Lifecycle, Step, json};
+
+        let report = Lifecycle::new(HttpEcho::new)
+            .config(json!({ "port": 0 }))
+            .while_running(|running| {
+                let line = running.host().find_log("listening").unwrap();
+                let addr = line.field("addr").unwrap().parse().unwrap();
+                assert!(get(addr, "/").ends_with("hello from balut"));
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+
+        let report = Lifecycle::new(HttpEcho::new)
+            .config(json!({ "max_connections": 0 }))
+            .run();
+        let failed = report.failure().unwrap();
+        assert_eq!(failed.step, Step::New);
+        assert_eq!(failed.error(), Some("max_connections must be at least 1"));
+        let report = Lifecycle::new(HttpEcho::new)
+            .config(json!({ "prot": 1 }))
+            .run();
+        let failed = report.failure().unwrap();
+        assert_eq!(failed.step, Step::CheckConfig);
+        assert!(
+            failed.error().unwrap().starts_with("prot: unknown field"),
+            "{report}"
+        );
+    }
 }

@@ -317,4 +317,93 @@ mod tests {
         let missing = append_tick(&dir.join("ticks.log"), 3, 3000).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
+
+    /// The numbers of the ticks in the file, in order.
+    fn ticks_in(file: &Path) -> Vec<u64> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
+            .collect()
+    }
+
+    /// The life cycle through the export glue: it ticks, stops at once, hands its count
+    /// over after stop (a stop-first reload), and the next instance goes on from it.
+    #[test]
+    fn life_cycle_ticks_and_hands_the_count_to_the_next_instance() {
+        use balut_plugin_api::testing::{Lifecycle, Step, TestHost, json};
+
+        let dir = std::env::temp_dir().join(format!("balut-ticker-life-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ticks.log");
+        let config = json!({ "path": file, "interval_ms": 10 });
+        let report = Lifecycle::new(Ticker::new)
+            .host(TestHost::new("ticker"))
+            .config(&config)
+            .while_running(|running| {
+                let three = running
+                    .host()
+                    .wait_for(Duration::from_secs(10), |_| ticks_in(&file).len() >= 3);
+                assert!(three, "{:?}", ticks_in(&file));
+                assert_eq!(running.health()?, Health::Healthy);
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        // `stop` wakes the worker at once rather than at the next tick.
+        assert!(report.step(Step::Stop).unwrap().took < Duration::from_secs(1));
+        let written = ticks_in(&file);
+        let state = report.handover().expect("the tick count").clone();
+        assert_eq!(read_ticks(&state).unwrap(), *written.last().unwrap());
+
+        let next = TestHost::new("ticker");
+        next.set_handover(state);
+        let report = Lifecycle::new(Ticker::new)
+            .host(next)
+            .config(&config)
+            .while_running(|running| {
+                let more = running.host().wait_for(Duration::from_secs(10), |_| {
+                    ticks_in(&file).len() > written.len()
+                });
+                assert!(more);
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
+        assert!(report.host().logged("continuing the tick count"));
+        let all = ticks_in(&file);
+        let expected: Vec<u64> = (1..=all.len() as u64).collect();
+        assert_eq!(all, expected, "numbering goes on across instances");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn life_cycle_refuses_a_zero_interval_and_reports_a_failed_write() {
+        use balut_plugin_api::testing::{Lifecycle, Step, json};
+
+        let report = Lifecycle::new(Ticker::new)
+            .config(json!({ "path": "/tmp/x", "interval_ms": 0 }))
+            .run();
+        let failed = report.failure().unwrap();
+        assert_eq!(failed.step, Step::New);
+        assert_eq!(failed.error(), Some("interval_ms must be more than 0"));
+
+        let report = Lifecycle::new(Ticker::new)
+            .config(json!({ "path": "/nonexistent-balut-dir/ticks.log", "interval_ms": 10 }))
+            .while_running(|running| {
+                let warned = running
+                    .host()
+                    .wait_for_log("write failed", Duration::from_secs(10));
+                assert_eq!(warned.map(|l| l.level), Some(Level::Warn));
+                match running.health()? {
+                    Health::Unhealthy(reason) => assert!(reason.contains("cannot append")),
+                    Health::Healthy => panic!("healthy after a failed write"),
+                }
+                Ok(())
+            })
+            .run();
+        // The health step right after start may or may not have seen the first write.
+        assert!(report.step(Step::WhileRunning).unwrap().is_ok(), "{report}");
+        assert!(report.step(Step::Drop).unwrap().is_ok(), "{report}");
+    }
 }

@@ -10,7 +10,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 
 /// Balut runs long-lived containers from native plugin libraries.
 #[derive(Debug, Parser)]
-#[command(name = "balut", version, about)]
+#[command(name = "balut", version = version_text(), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +26,10 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Print a running host's events as they happen.
     Events(EventsArgs),
+    /// Check a plugin library as the host would before loading it (and, with --run, run a
+    /// scratch life cycle in a child process). Exit 0: passed; 1: a check failed; 2: usage
+    /// or config error.
+    Check(CheckArgs),
     /// Write a new plugin crate to start from: a cdylib with its container, its export
     /// line and a unit test.
     New(NewArgs),
@@ -43,6 +47,33 @@ pub enum Command {
         /// The container's name (for the process list; the host sends everything else).
         container: String,
     },
+}
+
+/// `balut --version`: the crate version and the plugin interfaces this host loads.
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(crate::check::version_text)
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plugin library to check (`lib<name>.so`).
+    #[arg(value_name = "PLUGIN.so")]
+    pub plugin: PathBuf,
+    /// Config file (TOML): its timeouts and copy folder apply, and each instance of this
+    /// plugin gets its `config` checked by the plugin's own config type.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Also run a scratch life cycle (new, start, ready, health, stop, drop) in a child
+    /// process, with the first configured instance's config.
+    #[arg(long)]
+    pub run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Check the file even if other users can write it or its folder (for development).
+    #[arg(long)]
+    pub no_strict_modes: bool,
 }
 
 /// Where the host's API is: a TCP address, or the owner-only Unix socket.

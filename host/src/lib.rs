@@ -5,6 +5,7 @@
 //! and the config parser directly; it is not a stable API for anyone else.
 
 mod api;
+mod check;
 mod cli;
 mod client;
 pub mod config;
@@ -87,6 +88,7 @@ pub fn main() -> ExitCode {
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
         Command::New(args) => scaffold::main(&args),
+        Command::Check(args) => check::main(&args),
         Command::Preflight { library } => loader::preflight::child(&library),
         Command::Isolate { container: _ } => isolation::child_main(),
     };

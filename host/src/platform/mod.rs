@@ -9,7 +9,7 @@
 mod look;
 mod real;
 
-pub use look::{LookRules, is_candidate, list_candidates};
+pub use look::{LookRules, is_candidate, list_candidates, look};
 pub use real::Real;
 
 use std::future::Future;

@@ -13,6 +13,16 @@ use std::fmt;
 /// reports it as not unloaded.
 pub trait Container: Send + 'static {
     /// Starts the work and returns once the container is up (for a server: once it listens).
+    ///
+    /// If `start` fails (returns an error, panics or overruns its timeout), the host still
+    /// requests a stop ([`Context::stop_requested`] turns true), calls
+    /// [`stop`](Container::stop) and then drops the value, as it does after a successful
+    /// start: so `stop` must cope with a half-started container (join only the threads that
+    /// were spawned, close only what was opened). After a failed constructor there is no
+    /// value, and nothing is called. Under process isolation, a container whose process
+    /// ended (a crash, an `exit()`) gets no more calls at all.
+    ///
+    /// [`Context::stop_requested`]: crate::Context::stop_requested
     fn start(&mut self) -> Result<(), Error>;
 
     /// Stops the work gracefully and joins every thread `start` spawned.

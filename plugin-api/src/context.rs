@@ -36,6 +36,12 @@ impl From<Level> for FfiLevel {
 /// Cheap to clone and safe to move to the container's own threads. The host tags every line
 /// with the container's name, so there is no need to repeat it.
 ///
+/// `Context` is `Send` and `Sync` (asserted when this crate compiles): its host side is an
+/// abi_stable trait object over a reference-counted handle whose trait requires both, and
+/// every host implementation is lock-free or locks internally. Share it by reference
+/// (`&Context` in an `Arc<...>` or a scoped thread) or clone it; either is fine from any
+/// number of threads at once.
+///
 /// ```
 /// # fn demo(ctx: &balut_plugin_api::Context) {
 /// use balut_plugin_api::Level;
@@ -49,6 +55,13 @@ pub struct Context {
     name: String,
     host: FfiHostArc,
 }
+
+/// `Context` may be used from several threads at once: a compile-time assertion, so a change
+/// that made it `!Sync` (or `!Send`) fails this crate's build, not a plugin's.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Context>();
+};
 
 impl Context {
     pub(crate) fn new(name: String, host: FfiHostArc) -> Self {

@@ -130,6 +130,17 @@
 //! So put checks that need nothing but the config in `Config` (`#[serde(deny_unknown_fields)]`,
 //! `deserialize_with`, `#[serde(try_from = ...)]`), and the rest in the constructor.
 //!
+//! How the config gets there: the host parses its TOML file (syntax errors there name the
+//! file's line), turns the container's `config` table into JSON text, and the glue
+//! [`export_plugin!`] generates deserializes `Config` from that JSON with `serde_json`. So
+//! `Config` sees JSON's data model: TOML integers and floats arrive as JSON numbers,
+//! strings, booleans, arrays and tables as such; a TOML date or time arrives as the `toml`
+//! crate's private form (`{"$__toml_private_datetime": "1979-05-27T07:32:00Z"}`), so write
+//! dates as strings in the config. A refusal names the key path within the `config` table, never a TOML line
+//! (the plugin never sees the file) nor a JSON position (serde_json's " at line L column C"
+//! is stripped): the host reports it as `containers.NAME.config.KEY.PATH: message`.
+//! `balut check PLUGIN.so --config FILE` runs exactly this check for each instance.
+//!
 //! # Sockets the host holds, and state across a reload (interface 1.3)
 //! A network service should not bind its own port: declare it in the host's config
 //! (`[containers.web.listen] http = "127.0.0.1:8080"`) and take it with
@@ -176,9 +187,17 @@
 //! `handover`, `stop`, drop) and reports each step's result and time.
 //!
 //! # Interface versions
-//! The interface is versioned [`INTERFACE_MAJOR`]`.`[`INTERFACE_MINOR`]. A host loads a
-//! plugin built for the same major and a minor no newer than its own; it refuses others
-//! before running any of their code, naming the file, the plugin and both versions.
+//! The interface is versioned [`INTERFACE_MAJOR`]`.`[`INTERFACE_MINOR`], apart from this
+//! crate's own semver version ([`CRATE_VERSION`]): a plugin is built for the interface of
+//! the `balut-plugin-api` it compiles against, and the version is written into the library.
+//! A host loads a plugin built for the same major and a minor no newer than its own (a host
+//! of interface 1.3 loads plugins built for 1.0 to 1.3); it refuses others before running
+//! any of their code, naming the file, the plugin, both versions and what to do (rebuild
+//! against the host's `balut-plugin-api`, or upgrade the host for a newer plugin). A new
+//! minor only appends (new trait methods with defaults, new `Context` methods), so
+//! rebuilding against a newer crate of the same major needs no code change. The README's
+//! "Versions and compatibility" has the policy and the table; `balut --version` prints the
+//! interfaces a host loads, and `balut check PLUGIN.so` whether it would load a file.
 
 mod container;
 mod context;
@@ -206,6 +225,9 @@ pub const INTERFACE_MAJOR: u32 = 1;
 ///   one instance to the next on a hot reload (`Container::handover`,
 ///   `Context::take_handover`).
 pub const INTERFACE_MINOR: u32 = 3;
+/// This crate's version (`balut-plugin-api`, semver), which the host names in its
+/// interface-mismatch error: see "Interface versions" above.
+pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The interface version as abi_stable's version strings carry it.
 #[doc(hidden)]
 pub const INTERFACE_VERSION_STRING: &str = "1.3.0";

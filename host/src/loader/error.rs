@@ -34,7 +34,9 @@ pub enum LoadError {
     BadDeclaration { file: PathBuf, detail: String },
     #[error(
         "{file}: plugin `{plugin}` is built for plugin interface {plugin_interface}, \
-         this host supports {host_interface} (same major, minor up to the host's)"
+         this host loads {}.0 to {host_interface}: {}",
+        host_interface.major,
+        mismatch_advice(*plugin_interface, *host_interface)
     )]
     InterfaceMismatch {
         file: PathBuf,
@@ -116,6 +118,22 @@ impl LoadError {
     }
 }
 
+/// What to do about a plugin built for an interface this host does not load.
+fn mismatch_advice(plugin: InterfaceVersion, host: InterfaceVersion) -> String {
+    let api = format!(
+        "rebuild the plugin against balut-plugin-api {} (interface {host}, the one this host is built with)",
+        balut_plugin_api::CRATE_VERSION
+    );
+    let newer = (plugin.major, plugin.minor) > (host.major, host.minor);
+    if newer {
+        format!(
+            "the plugin is newer than this host: upgrade balut to a version that loads {plugin}, or {api}"
+        )
+    } else {
+        api
+    }
+}
+
 /// What to do about a copy that could not be written, for the usual causes.
 fn copy_hint(source: &std::io::Error) -> &'static str {
     match source.raw_os_error() {
@@ -136,6 +154,36 @@ fn copy_hint(source: &std::io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interface_mismatch_says_what_to_build_against() {
+        let v = |major, minor| InterfaceVersion { major, minor };
+        let host = v(1, 3);
+        let error = |plugin| LoadError::InterfaceMismatch {
+            file: PathBuf::from("plugins/libx.so"),
+            plugin: "x".into(),
+            plugin_interface: plugin,
+            host_interface: host,
+        };
+        let api = balut_plugin_api::CRATE_VERSION;
+        let newer = error(v(2, 0)).to_string();
+        assert_eq!(
+            newer,
+            format!(
+                "plugins/libx.so: plugin `x` is built for plugin interface 2.0, this host loads \
+                 1.0 to 1.3: the plugin is newer than this host: upgrade balut to a version that \
+                 loads 2.0, or rebuild the plugin against balut-plugin-api {api} (interface 1.3, \
+                 the one this host is built with)"
+            )
+        );
+        assert!(error(v(1, 4)).to_string().contains("upgrade balut"));
+        let older = error(v(0, 9)).to_string();
+        assert!(!older.contains("upgrade balut"), "{older}");
+        assert!(
+            older.ends_with(&format!("rebuild the plugin against balut-plugin-api {api} (interface 1.3, the one this host is built with)")),
+            "{older}"
+        );
+    }
 
     #[test]
     fn a_failed_copy_names_the_copy_folder_and_the_cause() {

@@ -5,6 +5,7 @@
 
 mod api;
 mod chaos;
+mod check;
 mod churn_model;
 mod config;
 mod control;

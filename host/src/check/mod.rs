@@ -224,7 +224,8 @@ async fn checks(setup: &Setup, report: &mut Report) {
     report.push(Step::new("interface", Verdict::Pass, since, detail));
     // 4 and 5. The pre-flight in a child, then the open and the layout check here.
     let Some((library, exe, _loader)) = load::open(setup, &bytes, &info, report).await else {
-        return skip_after(report, "layout", setup.run);
+        let last = report.steps.last().map_or("layout", |s| s.step);
+        return skip_after(report, last, setup.run);
     };
     // 6. Each instance's config.
     let instances = instances(setup, &info.name);
@@ -322,7 +323,8 @@ async fn check_config(
             };
             let mut step = Step::new("config", verdict, since, detail).kind("bad_config");
             step.key = Some(key);
-            (step, !default)
+            // The default instance is still run: its constructor then says what it lacks.
+            (step, default)
         }
         Ok(ConfigCheck::Unsupported) => (
             Step::new(

@@ -19,6 +19,7 @@ mod isolation;
 mod limits;
 pub mod loader;
 mod logging;
+mod logs;
 mod metrics;
 mod model;
 mod platform;

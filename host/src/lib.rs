@@ -87,6 +87,7 @@ pub fn main() -> ExitCode {
         },
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
+        Command::Logs(args) => client_result("logs", client::logs(&args)),
         Command::New(args) => scaffold::main(&args),
         Command::Preflight { library } => loader::preflight::child(&library),
         Command::Isolate { container: _ } => isolation::child_main(),

@@ -47,7 +47,12 @@ fn shown(args: &LogsArgs) -> anyhow::Result<()> {
     }
     let reader = BufReader::new(response.body_mut().as_reader());
     for line in reader.lines() {
-        let line = line.with_context(|| format!("reading {from}"))?;
+        let line = match line {
+            Ok(line) => line,
+            // A stream cut short (the host stopping) is told apart below.
+            Err(_) if args.follow => break,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {from}"))),
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -65,7 +70,7 @@ fn shown(args: &LogsArgs) -> anyhow::Result<()> {
     if args.follow {
         // The host ended the stream: say why (no host, or no such container any more).
         get_json(&endpoint, &format!("/v1/containers/{name}"))?;
-        bail!("{from}: the host ended the stream");
+        bail!("{from}: the host ended the stream (is it stopping?)");
     }
     Ok(())
 }

@@ -122,10 +122,8 @@ fn tables(lines: &[String]) -> Vec<Vec<Vec<String>>> {
         if words.len() > 6 && words[0] != "NAME" {
             words[6] = "-".to_owned();
         }
-        if let Some(table) = tables.last_mut() {
-            if !words.is_empty() {
-                table.push(words);
-            }
+        if let Some(table) = tables.last_mut().filter(|_| !words.is_empty()) {
+            table.push(words);
         }
     }
     tables

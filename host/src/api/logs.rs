@@ -81,16 +81,23 @@ pub(super) async fn container_logs(
         connection.set_streaming();
     }
     let mut kept = log.subscribe();
-    let (first, last_seq) = {
+    let (first, last_seq, closed) = {
         let kept = kept.borrow_and_update();
-        (lines_bytes(&kept.last(query.n)), kept.last_seq())
+        (
+            lines_bytes(&kept.last(query.n)),
+            kept.last_seq(),
+            kept.closed,
+        )
     };
     let first = stream::once(async move { Ok::<_, std::convert::Infallible>(first) });
     // State: the receiver, the last line sent, and whether the buffer was closed.
     let live = stream::unfold(
-        (kept, last_seq, false),
+        (kept, last_seq, closed),
         |(mut kept, mut last_seq, closed)| async move {
-            while !closed {
+            if closed {
+                return None;
+            }
+            loop {
                 if kept.changed().await.is_err() {
                     return None;
                 }
@@ -107,7 +114,6 @@ pub(super) async fn container_logs(
                     return None;
                 }
             }
-            None
         },
     );
     (

@@ -20,7 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// Load every plugin in a folder, start its containers, serve status until SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Show the containers of a running host.
+    /// Show the containers of a running host, and its plugin files that are not loaded.
+    ///
+    /// Exit codes: 0 all is well; 1 a container is failed or quarantined, a plugin file was
+    /// refused, the plugin folder is lost, or no balut host answered (or it answered
+    /// something else); 2 bad usage.
     Status(StatusArgs),
     /// Control a running host: start, stop or restart a container, reload the config.
     Ctl(CtlArgs),
@@ -30,6 +34,8 @@ pub enum Command {
     /// scratch life cycle in a child process). Exit 0: passed; 1: a check failed; 2: usage
     /// or config error.
     Check(CheckArgs),
+    /// Print a container's recent log lines (the lines its plugin logged), and follow them.
+    Logs(LogsArgs),
     /// Write a new plugin crate to start from: a cdylib with its container, its export
     /// line and a unit test.
     New(NewArgs),
@@ -126,6 +132,24 @@ pub struct EventsArgs {
     #[arg(long, value_name = "ID")]
     pub since: Option<u64>,
     /// Print each event as the JSON the API sends.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The container.
+    pub name: String,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// After the kept lines, print each new one as it comes (until the host stops or the
+    /// container goes).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many of the kept lines to print first (the host keeps the last 1000).
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100)]
+    pub lines: usize,
+    /// Print each line as the JSON the API sends.
     #[arg(long)]
     pub json: bool,
 }

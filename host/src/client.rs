@@ -1,16 +1,22 @@
 //! The client side of the CLI: talks to a running host's HTTP API.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::cli::{CtlAction, CtlArgs, EndpointArgs, EventsArgs, StatusArgs};
+use output::ended_by_reader;
 
+mod logs;
+mod output;
+mod table;
 mod unix;
+
+pub use logs::logs;
 
 /// Where the host's API is, as the client commands reach it.
 #[derive(Debug, Clone)]
@@ -82,6 +88,7 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// `GET path`'s JSON; an error answer, or one that is not JSON, is an error naming it.
 fn get_json(endpoint: &Endpoint, path: &str) -> anyhow::Result<Value> {
     let agent = endpoint.agent(Some(Duration::from_secs(10)));
     let mut response = agent
@@ -102,39 +109,98 @@ fn get_json(endpoint: &Endpoint, path: &str) -> anyhow::Result<Value> {
     Ok(body)
 }
 
-/// `balut status`: prints the containers as a table or as JSON (or redraws the table on
-/// every event with `--watch`). Returns whether no container is failed or quarantined.
-pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
-    let endpoint = Endpoint::new(&args.endpoint);
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let fetch = || -> anyhow::Result<(Value, Vec<Value>)> {
-        let body = get_json(&endpoint, "/v1/containers")?;
-        let containers = body["containers"].as_array().cloned().unwrap_or_default();
-        Ok((body, containers))
+/// An answer's `key`, which must be a list of objects each with the string fields
+/// `strings`; otherwise an error saying the answer is not what a balut host sends.
+fn list_of<'a>(
+    body: &'a Value,
+    key: &str,
+    strings: &[&str],
+    from: &str,
+) -> anyhow::Result<&'a [Value]> {
+    let Some(list) = body[key].as_array() else {
+        bail!("unexpected answer from {from}: no `{key}` list (is it a balut host?)");
     };
-    let (body, containers) = fetch()?;
+    for item in list {
+        if let Some(missing) = strings.iter().find(|k| !item[**k].is_string()) {
+            bail!(
+                "unexpected answer from {from}: an entry of `{key}` without a `{missing}` string: {item}"
+            );
+        }
+    }
+    Ok(list)
+}
+
+/// The container list and the plugin files of a host, their shapes checked.
+fn fetch_status(endpoint: &Endpoint) -> anyhow::Result<(Value, Value)> {
+    let containers = get_json(endpoint, "/v1/containers")?;
+    let from = endpoint.show("/v1/containers");
+    list_of(&containers, "containers", &["name", "state"], &from)?;
+    let plugins = get_json(endpoint, "/v1/plugins")?;
+    let from = endpoint.show("/v1/plugins");
+    list_of(&plugins, "plugins", &["file", "status"], &from)?;
+    Ok((containers, plugins))
+}
+
+/// `balut status`: prints the containers and the plugin files that are not loaded as tables
+/// or as JSON (or redraws them on every event with `--watch`). Returns whether all is well:
+/// no container failed or quarantined, no plugin file refused, the plugin folder there.
+pub fn status(args: &StatusArgs) -> anyhow::Result<bool> {
+    ended_by_reader(status_shown(args), true)
+}
+
+fn status_shown(args: &StatusArgs) -> anyhow::Result<bool> {
+    let endpoint = Endpoint::new(&args.endpoint);
+    let terminal = std::io::stdout().is_terminal();
+    let colour = terminal && std::env::var_os("NO_COLOR").is_none();
+    let (containers, plugins) = fetch_status(&endpoint)?;
+    let troubled = table::Seen::of(&containers, &plugins).troubled();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        let mut both = containers;
+        if let (Some(all), Some(files)) = (both.as_object_mut(), plugins.as_object()) {
+            all.extend(files.clone());
+        }
+        output::line(&serde_json::to_string_pretty(&both)?)?;
     } else if args.watch {
+        // On a terminal the screen is redrawn at each event; elsewhere (a pipe, a file) a
+        // table is printed only when it changed, the columns that move by themselves aside.
         let clear = if colour { "\x1b[2J\x1b[H" } else { "" };
-        print!("{clear}{}", table(&containers, colour));
-        std::io::stdout().flush()?;
-        follow_events(&endpoint, None, |_event| {
-            let (_, containers) = fetch()?;
-            print!("{clear}{}", table(&containers, colour));
-            std::io::stdout().flush()?;
+        let mut shown = None;
+        let mut show = |containers: &Value, plugins: &Value| -> anyhow::Result<()> {
+            let seen = table::Seen::of(containers, plugins);
+            let now = SystemTime::now();
+            let key = table::render(&seen, false, false, now);
+            if terminal || shown.as_ref() != Some(&key) {
+                let separator = if shown.is_some() && !terminal {
+                    "\n"
+                } else {
+                    ""
+                };
+                output::print(&format!(
+                    "{clear}{separator}{}",
+                    table::render(&seen, colour, true, now)
+                ))?;
+                shown = Some(key);
+            }
             Ok(())
+        };
+        show(&containers, &plugins)?;
+        follow_events(&endpoint, None, |_event| {
+            let (containers, plugins) = fetch_status(&endpoint)?;
+            show(&containers, &plugins)
         })?;
     } else {
-        print!("{}", table(&containers, colour));
+        let seen = table::Seen::of(&containers, &plugins);
+        output::print(&table::render(&seen, colour, true, SystemTime::now()))?;
     }
-    Ok(!containers
-        .iter()
-        .any(|c| c["state"] == "failed" || c["state"] == "quarantined"))
+    Ok(!troubled)
 }
 
 /// `balut ctl`: one control request. Prints the answer; fails on an error answer.
 pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
+    ended_by_reader(ctl_shown(args), ())
+}
+
+fn ctl_shown(args: &CtlArgs) -> anyhow::Result<()> {
     let path = match &args.action {
         CtlAction::Start { name } => format!("/v1/containers/{name}/start"),
         CtlAction::Stop { name } => format!("/v1/containers/{name}/stop"),
@@ -156,9 +222,16 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
         }
     };
     let body = post_json(&endpoint, token.as_deref(), &path)?;
+    let from = endpoint.show(&path);
     match &args.action {
-        CtlAction::Reload => println!("{}", serde_json::to_string_pretty(&body)?),
-        _ => println!(
+        CtlAction::Reload if body.is_object() => {
+            output::line(&serde_json::to_string_pretty(&body)?)
+        }
+        CtlAction::Reload => bail!("unexpected answer from {from}: {body}"),
+        _ if !(body["name"].is_string() && body["state"].is_string()) => {
+            bail!("unexpected answer from {from}: no container name and state in {body}")
+        }
+        _ => output::line(&format!(
             "{}: {}{}",
             text(&body["name"]),
             text(&body["state"]),
@@ -166,9 +239,8 @@ pub fn ctl(args: &CtlArgs) -> anyhow::Result<()> {
                 .as_str()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
-        ),
+        )),
     }
-    Ok(())
 }
 
 fn post_json(endpoint: &Endpoint, token: Option<&str>, path: &str) -> anyhow::Result<Value> {
@@ -194,15 +266,14 @@ fn post_json(endpoint: &Endpoint, token: Option<&str>, path: &str) -> anyhow::Re
 /// `balut events`: prints the event stream, one line per event, until the host goes.
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let json = args.json;
-    follow_events(&Endpoint::new(&args.remote.endpoint), args.since, |event| {
+    let shown = follow_events(&Endpoint::new(&args.remote.endpoint), args.since, |event| {
         if json {
-            println!("{event}");
+            output::line(&event.to_string())
         } else {
-            println!("{}", describe(&event));
+            output::line(&describe(&event))
         }
-        std::io::stdout().flush()?;
-        Ok(())
-    })
+    });
+    ended_by_reader(shown, ())
 }
 
 /// One line for an event: id, time, type and its fields.
@@ -241,15 +312,24 @@ fn follow_events(
             .get(endpoint.url(&path))
             .call()
             .map_err(|e| endpoint.unreachable(e))?;
+        let from = endpoint.show(&path);
         if !response.status().is_success() {
-            bail!("{}: {}", endpoint.show(&path), response.status());
+            bail!("{from}: {}", response.status());
+        }
+        if !is_content_type(&response, "text/event-stream") {
+            bail!(
+                "{from} did not answer with an event stream; is a balut host listening on {endpoint}?"
+            );
         }
         let reader = BufReader::new(response.body_mut().as_reader());
         for line in reader.lines() {
             let Ok(line) = line else { break };
             if let Some(data) = line.strip_prefix("data:") {
                 let event: Value = serde_json::from_str(data.trim())
-                    .with_context(|| format!("a malformed event from {}", endpoint.show(&path)))?;
+                    .with_context(|| format!("a malformed event from {from}"))?;
+                if !(event["id"].is_u64() && event["type"].is_string()) {
+                    bail!("a malformed event from {from} (no id or type): {event}");
+                }
                 last_id = event["id"].as_u64().or(last_id);
                 each(event)?;
             }
@@ -259,130 +339,20 @@ fn follow_events(
     }
 }
 
+/// Whether the answer's `Content-Type` is `expected` (parameters aside).
+fn is_content_type(response: &ureq::http::Response<ureq::Body>, expected: &str) -> bool {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected))
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-/// ANSI colour for a state.
-fn paint(state: &str, colour: bool) -> (&'static str, &'static str) {
-    if !colour {
-        return ("", "");
-    }
-    let code = match state {
-        "running" => "\x1b[32m",
-        "failed" | "quarantined" => "\x1b[31m",
-        "backoff" | "waiting" | "starting" | "stopping" => "\x1b[33m",
-        _ => "",
-    };
-    if code.is_empty() {
-        ("", "")
-    } else {
-        (code, "\x1b[0m")
-    }
-}
-
-/// Where a container runs: `host` (a thread of the host), or its process's pid, resident
-/// memory and CPU time (process isolation), `-` while an isolated one has no process.
-fn process(container: &Value) -> String {
-    let process = &container["process"];
-    match process["pid"].as_u64() {
-        Some(pid) => {
-            let mib = process["rss_bytes"].as_f64().unwrap_or(0.0) / (1024.0 * 1024.0);
-            let cpu = process["cpu_seconds"].as_f64().unwrap_or(0.0);
-            format!("{pid} {mib:.1}MiB {cpu:.2}s")
-        }
-        None if container["isolation"] == "process" => "-".to_owned(),
-        None => "host".to_owned(),
-    }
-}
-
-fn table(containers: &[Value], colour: bool) -> String {
-    let header = [
-        "NAME", "PLUGIN", "VERSION", "GEN", "STATE", "SINCE", "PROCESS", "ERROR",
-    ];
-    let rows: Vec<[String; 8]> = containers
-        .iter()
-        .map(|c| {
-            [
-                text(&c["name"]),
-                text(&c["plugin"]),
-                text(&c["version"]),
-                text(&c["generation"]),
-                text(&c["state"]),
-                text(&c["since"]),
-                process(c),
-                text(&c["last_error"]),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let last = cells.len() - 1;
-        for (i, cell) in cells.iter().enumerate() {
-            // Column 4 is the state.
-            let (on, off) = if i == 4 {
-                paint(cell, colour)
-            } else {
-                ("", "")
-            };
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{on}{cell:<width$}{off}  ", width = widths[i]));
-            }
-        }
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
-    }
-    if rows.is_empty() {
-        out.push_str("(no containers)\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn table_aligns_columns() {
-        let rows = [
-            json!({"name": "web", "plugin": "http-echo", "version": "0.1.0", "generation": 1,
-                   "state": "running", "since": "2026-01-01T00:00:00.000Z", "last_error": null}),
-            json!({"name": "chaos-start", "plugin": "chaos", "version": null, "generation": null,
-                   "state": "failed", "since": "2026-01-01T00:00:00.000Z", "last_error": "boom"}),
-        ];
-        let out = table(&rows, false);
-        let lines: Vec<_> = out.lines().collect();
-        assert!(lines[0].starts_with("NAME         PLUGIN"));
-        assert!(lines[1].starts_with("web          http-echo  0.1.0"));
-        assert!(lines[2].ends_with("failed   2026-01-01T00:00:00.000Z  host     boom"));
-    }
-
-    #[test]
-    fn an_isolated_container_shows_its_process() {
-        let running = json!({"isolation": "process",
-            "process": {"pid": 4242, "rss_bytes": 3_250_586, "cpu_seconds": 0.25}});
-        assert_eq!(process(&running), "4242 3.1MiB 0.25s");
-        let between = json!({"isolation": "process", "process": null});
-        assert_eq!(process(&between), "-");
-        assert_eq!(
-            process(&json!({"isolation": "thread", "process": null})),
-            "host"
-        );
     }
 }

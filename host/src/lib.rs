@@ -20,6 +20,7 @@ mod isolation;
 mod limits;
 pub mod loader;
 mod logging;
+mod logs;
 mod metrics;
 mod model;
 mod platform;
@@ -87,6 +88,7 @@ pub fn main() -> ExitCode {
         },
         Command::Ctl(args) => client_result("ctl", client::ctl(&args)),
         Command::Events(args) => client_result("events", client::events(&args)),
+        Command::Logs(args) => client_result("logs", client::logs(&args)),
         Command::New(args) => scaffold::main(&args),
         Command::Check(args) => check::main(&args),
         Command::Preflight { library } => loader::preflight::child(&library),

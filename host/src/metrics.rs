@@ -7,7 +7,7 @@
 //! never out of step with `GET /v1/containers`.
 
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +39,20 @@ struct StateLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ContainerLabel {
     container: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerStateLabel {
+    container: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+    /// The plugin interface this host implements (`MAJOR.MINOR`; plugins of the same major
+    /// and a minor up to it load).
+    interface: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +101,11 @@ pub struct Metrics {
     /// Isolated containers' processes: resident memory and CPU time, as of the scrape.
     resident: Family<ContainerLabel, Gauge>,
     cpu: Family<ContainerLabel, Gauge<f64, AtomicU64>>,
+    /// 1 for each container's current state (the other states of it are absent).
+    container_state: Family<ContainerStateLabel, Gauge>,
+    /// How long ago the host started, as of the scrape.
+    uptime: Gauge<f64, AtomicU64>,
+    started: Instant,
 }
 
 impl Default for Metrics {
@@ -189,8 +208,53 @@ impl Default for Metrics {
             "CPU time (user and system) of each isolated container's current process; a restart starts it again from 0",
             cpu.clone(),
         );
+        let container_state = Family::<ContainerStateLabel, Gauge>::default();
+        registry.register(
+            "container_state",
+            "1 for each container's current state (its other states are absent)",
+            container_state.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1: the host's version and the plugin interface it implements",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                interface: format!(
+                    "{}.{}",
+                    balut_plugin_api::INTERFACE_MAJOR,
+                    balut_plugin_api::INTERFACE_MINOR
+                ),
+            })
+            .set(1);
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "start_time",
+            "When the host started, in seconds since the Unix epoch",
+            Unit::Seconds,
+            start_time.clone(),
+        );
+        start_time.set(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        let uptime = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "uptime",
+            "How long the host has run, as of the scrape",
+            Unit::Seconds,
+            uptime.clone(),
+        );
         Self {
             registry,
+            container_state,
+            uptime,
+            started: Instant::now(),
             containers,
             resident,
             cpu,
@@ -310,8 +374,18 @@ impl Metrics {
                 .get_or_create(&StateLabel { state: label })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.container_state.clear();
+        for container in &snapshot.containers {
+            self.container_state
+                .get_or_create(&ContainerStateLabel {
+                    container: container.name.clone(),
+                    state: container.state.as_str(),
+                })
+                .set(1);
+        }
         self.not_unloaded
             .set(i64::try_from(snapshot.not_unloaded.len()).unwrap_or(i64::MAX));
+        self.uptime.set(self.started.elapsed().as_secs_f64());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -350,5 +424,54 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("balut_libraries_not_unloaded 0"), "{text}");
+        let interface = format!(
+            "interface=\"{}.{}\"",
+            balut_plugin_api::INTERFACE_MAJOR,
+            balut_plugin_api::INTERFACE_MINOR
+        );
+        let build = text
+            .lines()
+            .find(|l| l.starts_with("balut_build_info{"))
+            .unwrap_or_else(|| panic!("no build info: {text}"));
+        assert!(
+            build.contains(&interface) && build.ends_with("} 1"),
+            "{build}"
+        );
+        assert!(text.contains("balut_uptime_seconds "), "{text}");
+        assert!(text.contains("balut_start_time_seconds "), "{text}");
+    }
+
+    #[test]
+    fn each_container_shows_its_current_state_only() {
+        let metrics = Metrics::default();
+        let mut snapshot = Snapshot::default();
+        let mut web = crate::model::ContainerStatus::registered(
+            "web",
+            "http-echo",
+            Vec::new(),
+            crate::model::Isolation::Thread,
+        );
+        web.state = State::Running;
+        snapshot.containers.push(web);
+        let text = metrics.render(&snapshot, &[]).unwrap();
+        let states: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("balut_container_state{"))
+            .collect();
+        assert_eq!(
+            states,
+            ["balut_container_state{container=\"web\",state=\"running\"} 1"],
+            "{text}"
+        );
+        snapshot.containers[0].state = State::Failed;
+        let text = metrics.render(&snapshot, &[]).unwrap();
+        assert!(
+            text.contains("balut_container_state{container=\"web\",state=\"failed\"} 1")
+                && !text.contains("state=\"running\"} 1"),
+            "{text}"
+        );
+        snapshot.containers.clear();
+        let text = metrics.render(&snapshot, &[]).unwrap();
+        assert!(!text.contains("balut_container_state{"), "{text}");
     }
 }

@@ -73,6 +73,15 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
+/// A duration in milliseconds, rounded to whole microseconds: `0.301`, never
+/// `0.30100000000000005` (the division of whole microseconds by 1000 is the float closest
+/// to the decimal, which serializes as its shortest form).
+pub fn millis(duration: std::time::Duration) -> f64 {
+    // u64 microseconds cover 584,000 years; f64 holds them exactly up to 2^53 µs (285 years).
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    micros as f64 / 1000.0
+}
+
 /// The last health check of a container.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthStatus {
@@ -271,4 +280,24 @@ pub struct ProbeRecord {
     pub ok: bool,
     pub message: String,
     pub duration_ms: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn durations_in_milliseconds_have_no_float_noise() {
+        for (micros, shown) in [
+            (300, "0.3"),
+            (301, "0.301"),
+            (1, "0.001"),
+            (12_345_678, "12345.678"),
+        ] {
+            let ms = super::millis(Duration::from_nanos(micros * 1000 + 999));
+            assert_eq!(serde_json::to_string(&ms).ok().as_deref(), Some(shown));
+        }
+        let noisy = 0.1 + 0.2;
+        assert_ne!(serde_json::to_string(&noisy).ok().as_deref(), Some("0.3"));
+    }
 }

@@ -220,7 +220,7 @@ pub async fn run<F, Fut, R>(
             at: crate::model::rfc3339(SystemTime::now()),
             ok,
             message,
-            duration_ms: ended.duration_since(began).as_secs_f64() * 1000.0,
+            duration_ms: crate::model::millis(ended.duration_since(began)),
         };
         if !report(ProbeReport { record, verdict }).await || dead {
             return;

@@ -18,6 +18,7 @@ use balut_plugin_api::ffi::{
     FfiHandover, FfiHost, FfiHost_TO, FfiHostArc, FfiLevel, FfiListener, FfiListenerKind,
 };
 
+use crate::logs::ContainerLog;
 use crate::sockets::{Address, Listeners};
 
 /// What a container tells the host of its own accord.
@@ -120,6 +121,8 @@ pub struct HostServices {
     listeners: Arc<Listeners>,
     /// What the previous instance handed over, until the plugin takes it.
     handover: Arc<Mutex<Option<Handover>>>,
+    /// Where the container's recent lines are kept for `balut logs` (none in benchmarks).
+    recent: Option<Arc<ContainerLog>>,
 }
 
 impl HostServices {
@@ -139,7 +142,14 @@ impl HostServices {
             wake,
             listeners: Arc::default(),
             handover: Arc::default(),
+            recent: None,
         }
+    }
+
+    /// With the buffer that keeps the container's recent log lines.
+    pub(crate) fn with_recent_log(mut self, recent: Arc<ContainerLog>) -> Self {
+        self.recent = Some(recent);
+        self
     }
 
     /// With the sockets the host holds for the container.
@@ -204,7 +214,8 @@ impl HostServices {
         self.stop_requested.load(Ordering::SeqCst)
     }
 
-    /// Emits one of the plugin's log lines, tagged with the container and generation. The
+    /// Emits one of the plugin's log lines, tagged with the container and generation, and
+    /// keeps it among the container's recent lines when the host's log shows its level. The
     /// caller has cut the message and each field value with [`clip`].
     pub fn log<'a>(
         &self,
@@ -214,14 +225,20 @@ impl HostServices {
     ) {
         let container = &*self.container;
         let generation = self.generation;
+        let fields: Vec<(&str, &str)> = fields.collect();
         // Text: `message key=value ...`; JSON: the fields as keys of the line (logging.rs).
         let (text_fields, json_fields) = if crate::logging::is_json() {
-            (String::new(), json_fields(fields))
+            (String::new(), json_fields(fields.iter().copied()))
         } else {
-            (format_fields(fields), None)
+            (format_fields(fields.iter().copied()), None)
         };
         macro_rules! emit {
-            ($level:expr) => {
+            ($level:expr, $name:literal) => {{
+                if let Some(recent) = &self.recent {
+                    if tracing::enabled!(target: "plugin", $level) {
+                        recent.push($name, message, fields.iter().copied());
+                    }
+                }
                 match &json_fields {
                     Some(plugin_fields) => tracing::event!(
                         target: "plugin", $level,
@@ -234,14 +251,14 @@ impl HostServices {
                         "{message}{text_fields}"
                     ),
                 }
-            };
+            }};
         }
         match level {
-            FfiLevel::Error => emit!(tracing::Level::ERROR),
-            FfiLevel::Warn => emit!(tracing::Level::WARN),
-            FfiLevel::Info => emit!(tracing::Level::INFO),
-            FfiLevel::Debug => emit!(tracing::Level::DEBUG),
-            FfiLevel::Trace => emit!(tracing::Level::TRACE),
+            FfiLevel::Error => emit!(tracing::Level::ERROR, "error"),
+            FfiLevel::Warn => emit!(tracing::Level::WARN, "warn"),
+            FfiLevel::Info => emit!(tracing::Level::INFO, "info"),
+            FfiLevel::Debug => emit!(tracing::Level::DEBUG, "debug"),
+            FfiLevel::Trace => emit!(tracing::Level::TRACE, "trace"),
         }
     }
 

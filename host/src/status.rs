@@ -2,7 +2,8 @@
 //!
 //! The supervisor writes it, as a projection of the state it owns (it never reads the board
 //! back to decide anything); the HTTP API and the sd_notify task read snapshots of it. It
-//! holds plain data only (`model.rs`), never a handle into a plugin.
+//! holds plain data only (`model.rs`), never a handle into a plugin, and the containers'
+//! recent log lines (`logs.rs`), which their instances' services write.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -18,6 +19,8 @@ pub struct Board {
     /// Bumped by every write, so readers can tell a cached rendering is still current.
     version: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each registered container's recent log lines (`logs.rs`).
+    pub logs: Arc<crate::logs::Logs>,
 }
 
 impl Board {
@@ -67,8 +70,10 @@ impl Board {
         }
     }
 
+    /// Takes a deregistered container off the board, with its recent log lines.
     pub fn remove_container(&self, name: &str) {
         self.write().containers.retain(|c| c.name != name);
+        self.logs.remove(name);
     }
 
     /// Shows `status` for its file, keeping the list sorted by file name.

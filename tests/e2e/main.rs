@@ -19,6 +19,7 @@ mod isolation;
 mod limits;
 mod metrics;
 mod observe;
+mod operators;
 mod regressions;
 mod run;
 mod scaffold;

@@ -1,6 +1,7 @@
 //! The HTTP API: status reads from the [`Board`], control requests go to the supervisor.
 
 mod list;
+mod logs;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -63,6 +64,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
     Router::new()
         .route("/v1/containers", get(list_containers))
         .route("/v1/containers/{name}", get(get_container))
+        .route("/v1/containers/{name}/logs", get(logs::container_logs))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/events", get(events))
         .route("/healthz", get(healthz))

@@ -70,7 +70,8 @@ impl<P: Platform> Supervisor<P> {
             self.inbox.notice_sender.clone(),
         )
         .with_listeners(listeners)
-        .with_handover(handover);
+        .with_handover(handover)
+        .with_recent_log(self.board.logs.for_container(name));
         Ok(Instance {
             id: self.next_instance,
             generation,

@@ -58,7 +58,7 @@ pub enum Command {
 /// `balut --version`: the crate version and the plugin interfaces this host loads.
 fn version_text() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TEXT.get_or_init(crate::check::version_text)
+    TEXT.get_or_init(crate::loader::version_text)
 }
 
 #[derive(Debug, Args)]

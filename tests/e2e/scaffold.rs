@@ -95,15 +95,31 @@ fn generate_and_build(name: &str, kind: &str, dir: &Path) -> PathBuf {
     );
 
     let built = cargo(dir, &["build", "--message-format=json-render-diagnostics"]);
+    let library: PathBuf;
     let lib_file = format!("lib{}.so", name.replace('-', "_"));
-    built
+    library = built
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|msg| msg["reason"] == "compiler-artifact")
         .flat_map(|msg| msg["filenames"].as_array().cloned().unwrap_or_default())
         .filter_map(|file| file.as_str().map(PathBuf::from))
         .find(|file| file.file_name().is_some_and(|f| f == lib_file.as_str()))
-        .unwrap_or_else(|| panic!("cargo built no {lib_file}:\n{built}"))
+        .unwrap_or_else(|| panic!("cargo built no {lib_file}:\n{built}"));
+    // What the host would check, then a scratch life cycle in a child process.
+    let checked = run_balut(
+        [
+            std::ffi::OsStr::new("check"),
+            library.as_os_str(),
+            std::ffi::OsStr::new("--run"),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        checked.status.code(),
+        Some(0),
+        "balut check --run: {checked:?}"
+    );
+    library
 }
 
 /// Stops the host with SIGTERM and checks that the container stopped cleanly.

@@ -40,16 +40,6 @@ const EXIT_USAGE: u8 = 2;
 /// What a crash of plugin code in this process exits with (`crash/`).
 const EXIT_SOFTWARE: u8 = 70;
 
-/// `balut --version`'s text: the crate version and the plugin interfaces it loads.
-pub fn version_text() -> String {
-    let host = InterfaceVersion::HOST;
-    format!(
-        "{} (plugin interface {host}; loads plugins built for {}.0 to {host})",
-        env!("CARGO_PKG_VERSION"),
-        host.major
-    )
-}
-
 /// What the command line and the config file resolve to.
 struct Setup {
     /// The plugin file, as given.
@@ -355,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_version_names_the_interfaces_loaded() {
-        let text = version_text();
+        let text = crate::loader::version_text();
         let host = InterfaceVersion::HOST;
         assert!(text.starts_with(env!("CARGO_PKG_VERSION")), "{text}");
         assert!(

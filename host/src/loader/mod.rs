@@ -72,6 +72,16 @@ impl fmt::Display for InterfaceVersion {
     }
 }
 
+/// `balut --version`'s text: the crate version and the plugin interfaces it loads.
+pub fn version_text() -> String {
+    let host = InterfaceVersion::HOST;
+    format!(
+        "{} (plugin interface {host}; loads plugins built for {}.0 to {host})",
+        env!("CARGO_PKG_VERSION"),
+        host.major
+    )
+}
+
 /// What a plugin file says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginInfo {

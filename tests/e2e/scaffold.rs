@@ -95,9 +95,8 @@ fn generate_and_build(name: &str, kind: &str, dir: &Path) -> PathBuf {
     );
 
     let built = cargo(dir, &["build", "--message-format=json-render-diagnostics"]);
-    let library: PathBuf;
     let lib_file = format!("lib{}.so", name.replace('-', "_"));
-    library = built
+    let library = built
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|msg| msg["reason"] == "compiler-artifact")

@@ -315,12 +315,13 @@ fn restart_storm_ends_in_quarantine_until_a_manual_restart() {
 #[test]
 fn hanging_stop_cannot_outlast_the_shutdown_budget() {
     // Two containers whose stop never returns, each with a 10 s stop timeout: only the
-    // overall 1.5 s budget can end the shutdown in time.
-    // `calm`, registered first, is stopped last: the budget is gone by then, so it is not
-    // called at all and the reason says so (it did nothing wrong).
+    // overall 1.5 s budget can end the shutdown in time. They stop together (neither
+    // requires the other).
+    // `calm`, which both require, is stopped after them: the budget is gone by then, so it
+    // is not called at all and the reason says so (it did nothing wrong).
     let mut dir = PluginDir::with(&[Lib::Chaos]);
     dir.write_config(&format!(
-        "[host]\nshutdown_timeout_ms = 1500\n{}{}stop_timeout_ms = 10000\n{}stop_timeout_ms = 10000\n",
+        "[host]\nshutdown_timeout_ms = 1500\n{}{}stop_timeout_ms = 10000\nrequires = [\"calm\"]\n{}stop_timeout_ms = 10000\nrequires = [\"calm\"]\n",
         chaos_entry("calm", ""),
         chaos_entry("stuck-1", "hang_in = \"stop\""),
         chaos_entry("stuck-2", "hang_in = \"stop\""),
@@ -671,4 +672,41 @@ fn manual_restart_stop_and_start_carry_the_dependents() {
     }
     let code = terminate(&mut host);
     assert_eq!(code, 0, "exit code\n{}", host.logs());
+}
+
+#[test]
+fn independent_containers_stop_together_and_dependents_first() {
+    // `a` and `b` need nothing of each other: they stop together (both are stopping before
+    // either has stopped); `base`, which both require, stops after both.
+    let slow_stop = "hang_in = \"stop\", hang_ms = 300";
+    let (_dir, mut host) = host_with(&format!(
+        "{}{}{}",
+        chaos("base", "", ""),
+        chaos("a", slow_stop, "requires = [\"base\"]\n"),
+        chaos("b", slow_stop, "requires = [\"base\"]\n"),
+    ));
+    for name in ["base", "a", "b"] {
+        host.wait_state(name, "running", STATE_TIMEOUT);
+    }
+    let code = terminate(&mut host);
+    assert_eq!(code, 0, "{}", host.logs());
+    let lines = host.lines();
+    let at = |what: &str, name: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what) && has_field(l, "container", name))
+            .unwrap_or_else(|| panic!("no `{what}` line for {name}\n{}", host.logs()))
+    };
+    let (a_stopping, b_stopping) = (at("container stopping", "a"), at("container stopping", "b"));
+    let (a_stopped, b_stopped) = (at("container stopped", "a"), at("container stopped", "b"));
+    assert!(
+        a_stopping.max(b_stopping) < a_stopped.min(b_stopped),
+        "a and b should stop together\n{}",
+        host.logs()
+    );
+    assert!(
+        at("container stopping", "base") > a_stopped.max(b_stopped),
+        "base stops after what requires it\n{}",
+        host.logs()
+    );
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use super::handle::ProbeMessage;
 use super::policy::Exit;
 use super::set::{Hold, Instance};
+use super::teardown::{Ended, end_instance};
 use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
 use crate::model::State;
@@ -382,79 +383,37 @@ impl<P: Platform> Supervisor<P> {
     pub(super) async fn teardown_within(
         &mut self,
         name: &str,
-        mut instance: Instance<P::Worker>,
+        instance: Instance<P::Worker>,
         call_stop: bool,
         timeout: Duration,
     ) -> Result<(), String> {
-        if let Some(task) = instance.probe_task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        instance.services.request_stop();
-        let deadline = Instant::now() + timeout;
-        let left = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        };
-        let mut problem = None;
-        // A process that ended on its own (its failure already says how) gets no calls.
-        let call_stop = call_stop && !instance.worker.has_ended();
-        if call_stop {
-            if let Err(e) = instance.worker.stop(left()).await {
-                problem = Some(if e.is_stuck() {
-                    format!("stuck in stop: {e}")
-                } else {
-                    format!("stop failed: {e}")
-                });
-            }
-        }
         // A stop-first hot reload: the stopped instance hands its state to the next one.
-        if self.keep_state.remove(name) && problem.is_none() {
-            match instance.worker.handover(left()).await {
-                Ok(Some(state)) => {
-                    self.handed_over.insert(name.to_owned(), state);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    warn!(container = %name, error = %e, "its state could not be handed over; the next instance starts without it");
-                }
-            }
+        let keep_state = self.keep_state.remove(name);
+        let ended = end_instance(name, instance, call_stop, keep_state, timeout).await;
+        self.record_end(name, ended)
+    }
+
+    /// Records how an instance ended: its handed-over state, a pinned generation, its
+    /// process gone from the status. Returns the first problem.
+    pub(super) fn record_end(
+        &mut self,
+        name: &str,
+        ended: Ended<P::Library>,
+    ) -> Result<(), String> {
+        if let Some(state) = ended.state {
+            self.handed_over.insert(name.to_owned(), state);
         }
-        let dispose = match instance.worker.has_ended() {
-            true => Ok(()),
-            false => instance.worker.dispose(left()).await,
-        };
-        if let Err(e) = dispose {
-            if !matches!(e, CallError::Stuck) || problem.is_none() {
-                // `drop panicked: ...`, `drop stuck: ...`, `drop failed: ...`.
-                problem.get_or_insert(match e {
-                    CallError::Failed(_) | CallError::Ended(_) => format!("drop failed: {e}"),
-                    other => format!("drop {other}"),
-                });
-            }
-        }
-        let library = instance.worker.library().clone();
-        let pid = instance.worker.pid();
-        let finished = match Arc::try_unwrap(instance.worker) {
-            Ok(worker) => worker.finish(left()).await.map_err(|e| e.to_string()),
-            Err(_) => Err("its thread is still referenced".to_owned()),
-        };
-        if let Err(e) = finished {
-            let reason = format!(
-                "container `{name}`: its thread did not end ({e}); the library stays loaded"
-            );
+        if let Some((library, reason)) = ended.pinned {
             self.files.pin(&*library, reason);
-            problem.get_or_insert(format!("its thread did not end: {e}"));
         }
-        if let Some(pid) = pid {
+        if let Some(pid) = ended.pid {
             self.containers.show(name, |status| {
                 if status.process.is_some_and(|p| p.pid == pid) {
                     status.process = None;
                 }
             });
         }
-        problem.map_or(Ok(()), Err)
+        ended.problem.map_or(Ok(()), Err)
     }
 
     pub(super) fn fail(&mut self, name: &str, error: String) {

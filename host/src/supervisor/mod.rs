@@ -33,6 +33,7 @@ mod shutdown;
 #[cfg(test)]
 mod sim;
 mod swap;
+mod teardown;
 
 #[cfg(test)]
 pub use handle::ShutdownReport;

@@ -1,5 +1,6 @@
-//! Stopping everything: in reverse dependency order, each within its stop timeout and all
-//! within the shutdown budget; then every generation is unloaded.
+//! Stopping everything: in reverse dependency order (independent containers together),
+//! each within its stop timeout and all within the shutdown budget; then every generation
+//! is unloaded.
 
 use std::time::Duration;
 
@@ -7,7 +8,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::handle::{ShutdownReport, StopFailure};
+use super::teardown::end_instance;
 use super::{Phase, Supervisor};
+use crate::model::State;
 use crate::platform::{Calls, Platform};
 
 impl<P: Platform> Supervisor<P> {
@@ -24,26 +27,28 @@ impl<P: Platform> Supervisor<P> {
             ..ShutdownReport::default()
         };
         let all = self.containers.names_where(|c| c.is_live());
-        for name in self.containers.stop_order(&all) {
+        // In waves: each container once everything that requires it has stopped; the
+        // containers of one wave (independent of each other) stop together.
+        let mut pending = self.containers.stop_order(&all);
+        while !pending.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let reason = self.abandon(&name, budget);
-                report.failures.push(StopFailure {
-                    container: name,
-                    reason,
-                });
-                continue;
+                for name in std::mem::take(&mut pending) {
+                    let reason = self.abandon(&name, budget);
+                    report.failures.push(StopFailure {
+                        container: name,
+                        reason,
+                    });
+                }
+                break;
             }
-            let timeout = self
-                .containers
-                .get(&name)
-                .map_or(left, |c| c.spec.stop_timeout.min(left));
-            if let Err(reason) = self.stop_within(&name, timeout).await {
-                report.failures.push(StopFailure {
-                    container: name,
-                    reason,
-                });
-            }
+            let wave: Vec<String> = pending
+                .iter()
+                .filter(|name| !pending.iter().any(|other| self.requires(other, name)))
+                .cloned()
+                .collect();
+            pending.retain(|name| !wave.contains(name));
+            self.stop_together(&wave, left, &mut report).await;
         }
         // The held sockets close (a Unix socket's file is removed) once nothing serves them.
         self.sockets.release_all();
@@ -57,6 +62,60 @@ impl<P: Platform> Supervisor<P> {
             warn!(container = %failure.container, reason = %failure.reason, "did not stop cleanly");
         }
         report
+    }
+
+    /// Whether container `a` requires container `b`.
+    fn requires(&self, a: &str, b: &str) -> bool {
+        self.containers
+            .get(a)
+            .is_some_and(|c| c.spec.requires.iter().any(|r| r == b))
+    }
+
+    /// Stops `names`, which do not require each other, at once: each within its stop
+    /// timeout and what is `left` of the budget.
+    async fn stop_together(
+        &mut self,
+        names: &[String],
+        left: Duration,
+        report: &mut ShutdownReport,
+    ) {
+        let mut endings = Vec::with_capacity(names.len());
+        for name in names {
+            let timeout = self
+                .containers
+                .get(name)
+                .map_or(left, |c| c.spec.stop_timeout.min(left));
+            let Some(instance) = self
+                .containers
+                .get_mut(name)
+                .and_then(|c| c.instance.take())
+            else {
+                continue;
+            };
+            let generation = instance.generation;
+            self.containers.set_state(name, State::Stopping, None);
+            info!(container = %name, generation, "container stopping");
+            let name = name.clone();
+            endings.push(async move {
+                let ended = end_instance(&name, instance, true, false, timeout).await;
+                (name, generation, ended)
+            });
+        }
+        for (name, generation, ended) in futures_util::future::join_all(endings).await {
+            match self.record_end(&name, ended) {
+                Ok(()) => {
+                    self.containers.set_state(&name, State::Stopped, None);
+                    info!(container = %name, generation, "container stopped");
+                }
+                Err(reason) => {
+                    self.fail(&name, reason.clone());
+                    report.failures.push(StopFailure {
+                        container: name,
+                        reason,
+                    });
+                }
+            }
+        }
     }
 
     /// Waits for the closes in flight to report, each until its own timeout, all until the

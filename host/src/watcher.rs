@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -15,6 +15,9 @@ use tokio::sync::mpsc::UnboundedSender;
 pub enum FolderEvent {
     /// Something happened to this file name in the folder.
     Changed(PathBuf),
+    /// A file was renamed to this name: an atomic rename brings a whole file, with nothing
+    /// left to wait for (a later write to it is a `Changed`).
+    Arrived(PathBuf),
     /// Events may have been lost; compare the whole folder.
     Rescan(String),
 }
@@ -34,12 +37,30 @@ fn relevant(kind: &EventKind) -> bool {
     }
 }
 
+/// Whether the event is a rename whose target is its (last) path.
+fn renamed_to(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    )
+}
+
 /// Starts watching `dir` (not recursively), sending events to `events`.
 pub fn watch(dir: &Path, events: UnboundedSender<FolderEvent>) -> notify::Result<FolderWatcher> {
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
         let sent = match result {
             Ok(event) if event.need_rescan() => {
                 events.send(FolderEvent::Rescan("the watcher lost events".into()))
+            }
+            Ok(event) if renamed_to(&event.kind) => {
+                // `Both` carries [from, to]; `To` only [to]: the last path arrived.
+                let mut paths = event.paths;
+                let arrived = paths.pop();
+                paths
+                    .into_iter()
+                    .map(FolderEvent::Changed)
+                    .chain(arrived.map(FolderEvent::Arrived))
+                    .try_for_each(|event| events.send(event))
             }
             Ok(event) if relevant(&event.kind) => event
                 .paths

@@ -41,6 +41,21 @@ impl Pending {
         self.last_event.insert(path, now);
     }
 
+    /// A whole file renamed to `path`: look at it now, unless a write to it is still
+    /// being waited out (a rename does not cut a writer's quiet period short).
+    pub fn arrived(&mut self, path: PathBuf, now: Instant) {
+        let written_lately = self
+            .last_event
+            .get(&path)
+            .is_some_and(|at| now.saturating_duration_since(*at) < QUIET);
+        if written_lately {
+            self.touch(path, now);
+        } else {
+            self.due.insert(path.clone(), now);
+            self.last_event.insert(path, now);
+        }
+    }
+
     /// Look at `path` again at `at` (unless an event brings it forward).
     pub fn retry_at(&mut self, path: PathBuf, at: Instant) {
         let due = self.due.entry(path).or_insert(at);
@@ -99,6 +114,29 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_renamed_in_is_looked_at_at_once_unless_it_was_just_written() {
+        let mut pending = Pending::default();
+        let start = Instant::now();
+        let a = PathBuf::from("/p/a.so");
+        pending.arrived(a.clone(), start);
+        assert_eq!(pending.take_due(start), vec![a.clone()]);
+
+        // Written to a moment ago, then renamed over: the writer's quiet period holds.
+        let b = PathBuf::from("/p/b.so");
+        pending.touch(b.clone(), start);
+        pending.arrived(b.clone(), start + Duration::from_millis(5));
+        assert!(
+            pending
+                .take_due(start + Duration::from_millis(5))
+                .is_empty()
+        );
+        assert_eq!(
+            pending.take_due(start + Duration::from_millis(25)),
+            vec![b.clone()]
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pending_waits_for_quiet_and_keeps_the_earliest_retry() {

@@ -45,22 +45,30 @@ impl<P: Platform> Supervisor<P> {
 
     pub(super) fn on_folder_event(&mut self, event: FolderEvent) {
         let dir = &self.settings.plugin_dir;
+        // A file renamed into the folder is whole: looked at without the quiet period.
+        let whole = matches!(event, FolderEvent::Arrived(_));
         match event {
-            FolderEvent::Changed(path) => match (path.parent(), path.file_name()) {
-                (Some(parent), Some(name)) if parent == dir => {
-                    // Names that are not plugins (temp files, editors' files) are ignored
-                    // right here, so they leave no trace.
-                    if is_candidate(&name.to_string_lossy()) {
-                        let path = dir.join(name);
-                        self.pending.touch(path, Instant::now());
+            FolderEvent::Changed(path) | FolderEvent::Arrived(path) => {
+                match (path.parent(), path.file_name()) {
+                    (Some(parent), Some(name)) if parent == dir => {
+                        // Names that are not plugins (temp files, editors' files) are ignored
+                        // right here, so they leave no trace.
+                        if is_candidate(&name.to_string_lossy()) {
+                            let path = dir.join(name);
+                            if whole {
+                                self.pending.arrived(path, Instant::now());
+                            } else {
+                                self.pending.touch(path, Instant::now());
+                            }
+                        }
+                    }
+                    // The folder itself (removed, renamed), or something outside it.
+                    _ => {
+                        self.check_folder();
+                        self.rescan(true);
                     }
                 }
-                // The folder itself (removed, renamed), or something outside it.
-                _ => {
-                    self.check_folder();
-                    self.rescan(true);
-                }
-            },
+            }
             FolderEvent::Rescan(reason) => {
                 warn!(reason, "rescanning the plugin folder");
                 self.check_folder();

@@ -121,7 +121,9 @@ impl World {
         if let Some(entry) = self.folder.remove(from) {
             self.folder.insert(to.to_owned(), entry);
             self.event(from);
-            self.event(to);
+            if let Some(events) = &self.events {
+                let _ = events.send(FolderEvent::Arrived(to.to_owned()));
+            }
         }
     }
 

@@ -244,29 +244,16 @@ impl Host {
         Ok(RunningWatch { done })
     }
 
-    /// CPU time the host process used so far, user + system, from `/proc/PID/stat`.
-    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may hold spaces) start at field 3 (state);
-        // utime and stime are fields 14 and 15.
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .context("unexpected /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |index: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(index - 3)
-                .context("short /proc/PID/stat")?
-                .parse()?)
-        };
-        let total = ticks(14)? + ticks(15)?;
-        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
-            .filter(|&t| t > 0)
-            .unwrap_or(100) as f64;
-        Ok(Duration::from_secs_f64(total as f64 / per_second))
+    /// `POST path` with no body; the status code.
+    pub fn post(&self, path: &str) -> anyhow::Result<u16> {
+        let url = format!("http://{}{path}", self.addr);
+        Ok(self.agent.post(&url).send_empty()?.status().as_u16())
     }
 
+    /// CPU time the host process used so far, user + system, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        cpu_time_of(self.pid())
+    }
     /// CPU used over `window` of wall time, as a percentage of one core.
     pub fn cpu_percent_over(&self, window: Duration) -> anyhow::Result<f64> {
         let (began, cpu_before) = (Instant::now(), self.cpu_time()?);
@@ -335,6 +322,53 @@ impl RunningWatch {
             .recv_timeout(limit)
             .context("not every container was running in time")
     }
+}
+
+/// CPU time process `pid` used so far, user + system, from `/proc/PID/stat`.
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("unexpected /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(index - 3)
+            .context("short /proc/PID/stat")?
+            .parse()?)
+    };
+    let total = ticks(14)? + ticks(15)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as f64;
+    Ok(Duration::from_secs_f64(total as f64 / per_second))
+}
+
+/// The children of `parent` (zombies included), from `/proc`.
+pub fn children_of(parent: u32) -> anyhow::Result<Vec<u32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command name (in parentheses): the state, then the parent's pid.
+        let ppid = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    Ok(children)
 }
 
 /// Whether `pid` is (still) a `balut __isolate` process.

@@ -16,6 +16,9 @@
 //! - `call`: one health probe round trip through `Worker::health`, beside a direct call.
 //! - `isolation`: containers in child processes of their own beside the same on threads:
 //!   probe round trip, 100 instances (start, memory, stop), crash -> running again.
+//! - `peers`: the same small workload (N workers appending a line to a file every second)
+//!   run by Balut on threads, Balut in process mode and supervisord, side by side: start,
+//!   memory per worker, idle CPU, killed -> running again, status, stop (N = 10, 100, 500).
 //! - `cycle`: memory after 1,000 load/start/stop/unload cycles, beside a loader that never
 //!   unloads.
 
@@ -25,6 +28,7 @@ mod host;
 mod inproc;
 mod isolation;
 mod load;
+mod peers;
 mod plugins;
 mod reload;
 mod reload_under_load;
@@ -43,13 +47,14 @@ type Benchmark = fn(&Artifacts, bool, &mut Figures) -> anyhow::Result<()>;
 
 /// Every benchmark, in the order they run. `cycle` is last: its never-unloading half
 /// leaves a thousand libraries mapped in this process.
-const BENCHMARKS: [(&str, Benchmark); 7] = [
+const BENCHMARKS: [(&str, Benchmark); 8] = [
     ("load", load::run),
     ("reload", reload::run),
     ("reload_under_load", reload_under_load::run),
     ("scale", scale::run),
     ("call", call::run),
     ("isolation", isolation::run),
+    ("peers", peers::run),
     ("cycle", cycle::run),
 ];
 
@@ -121,6 +126,9 @@ pub struct Artifacts {
     balut: PathBuf,
     chaos: PathBuf,
     http_echo: PathBuf,
+    ticker: PathBuf,
+    /// `peer-worker`, the `peers` benchmark's worker for supervisord.
+    peer_worker: PathBuf,
     /// The cargo target folder.
     target: PathBuf,
 }
@@ -166,6 +174,8 @@ fn build() -> anyhow::Result<Artifacts> {
             "-p",
             "balut-plugin-http-echo",
             "-p",
+            "balut-plugin-ticker",
+            "-p",
             "balut-bench",
         ])
         .status()
@@ -181,6 +191,8 @@ fn build() -> anyhow::Result<Artifacts> {
         balut: release.join("balut"),
         chaos: release.join("libchaos.so"),
         http_echo: release.join("libhttp_echo.so"),
+        ticker: release.join("libticker.so"),
+        peer_worker: release.join("peer-worker"),
         target,
     })
 }

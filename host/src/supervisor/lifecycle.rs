@@ -17,7 +17,7 @@ use super::set::{Hold, Instance};
 use super::teardown::{Ended, end_instance};
 use super::{Supervisor, stopped};
 use crate::loader::{CallError, ConfigCheck};
-use crate::model::State;
+use crate::model::{FileState, State};
 use crate::platform::{Calls, Generation, Platform};
 use crate::probes;
 
@@ -189,9 +189,14 @@ impl<P: Platform> Supervisor<P> {
                 };
                 self.fail(name, message.clone());
                 let file = instance.worker.library().file().to_owned();
+                // Shown as `error` at once, as the sweep and a reload would show it: a
+                // reader never sees `loaded` with a constructor's error.
                 self.files.show(&file, |p| {
                     p.error = Some(format!("{}: container `{name}`: {message}", file.display()));
                     p.error_kind = Some(kind.to_owned());
+                    if p.status == FileState::Loaded {
+                        p.status = FileState::Error;
+                    }
                 });
                 let _ = self.teardown(name, instance, false).await;
                 self.after_failure(name, Exit::Failed).await;

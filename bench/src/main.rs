@@ -88,7 +88,8 @@ fn run() -> anyhow::Result<bool> {
         }
     }
     if chosen.is_empty() {
-        chosen = names.clone();
+        // `peers` runs only when named: it installs supervisord when it is missing.
+        chosen = names.iter().copied().filter(|n| *n != "peers").collect();
     }
     let artifacts = build()?;
     println!(

@@ -131,6 +131,10 @@ fn added_file_loads_and_starts_its_default_container() {
     assert_eq!(generation(&chaos), 1, "{chaos}");
     assert_eq!(chaos["file"], "libchaos.so", "{chaos}");
     assert_eq!(chaos["plugin"], "chaos", "{chaos}");
+    // Log lines arrive through a pipe: they can trail the state the API already shows.
+    host.wait_for("the `library loaded` line", STATE_TIMEOUT, |h| {
+        !loaded_lines(&h.lines(), "libchaos.so").is_empty()
+    });
     assert_eq!(
         loaded_lines(&host.lines(), "libchaos.so").len(),
         1,

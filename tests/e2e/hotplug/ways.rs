@@ -44,7 +44,11 @@ fn deliver(how: Put) {
     assert_eq!(generation(&second), generation(&first) + 1, "{second}");
     wait_loaded(&host, "libchaos.so", &sha2);
     wait_single_copy(&host, "libchaos", &sha2);
-    // Only the two whole versions were ever loaded.
+    // Only the two whole versions were ever loaded (log lines arrive through a pipe: they
+    // can trail the state the API already shows).
+    host.wait_for("the second `library loaded` line", STATE_TIMEOUT, |h| {
+        loaded_lines(&h.lines(), "libchaos.so").len() >= 2
+    });
     let loaded = loaded_lines(&host.lines(), "libchaos.so");
     assert_eq!(loaded.len(), 2, "{loaded:#?}");
 
@@ -193,6 +197,9 @@ fn slow_writer_is_never_loaded_half_written() {
         refused.len() <= 1 && refused.iter().all(|l| l.contains("truncated")),
         "at most one report, as truncated: {refused:#?}"
     );
+    host.wait_for("the second `library loaded` line", STATE_TIMEOUT, |h| {
+        loaded_lines(&h.lines(), "libchaos.so").len() >= 2
+    });
     let loaded = loaded_lines(&host.lines(), "libchaos.so");
     assert_eq!(loaded.len(), 2, "{loaded:#?}");
     terminate_cleanly(host);

@@ -326,33 +326,16 @@ impl Child {
 
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
         // As on a thread: a slow health check is a failed probe, not a stuck container.
-        match self.call("health", Call::Health, timeout, false).await? {
-            Answer::Health {
-                healthy,
-                message,
-                micros,
-            } => Ok(HealthReport {
-                healthy,
-                message,
-                duration: Duration::from_micros(micros),
-            }),
-            other => Err(unexpected("health", &other)),
-        }
+        let answer = self.call("health", Call::Health, timeout, false).await?;
+        health_report(answer).map_err(|other| unexpected("health", &other))
     }
 
     pub async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
         match self.call("ready", Call::Ready, timeout, false).await? {
-            Answer::Health {
-                healthy,
-                message,
-                micros,
-            } => Ok(Some(HealthReport {
-                healthy,
-                message,
-                duration: Duration::from_micros(micros),
-            })),
             Answer::NoReadiness => Ok(None),
-            other => Err(unexpected("ready", &other)),
+            other => health_report(other)
+                .map(Some)
+                .map_err(|other| unexpected("ready", &other)),
         }
     }
 
@@ -404,6 +387,22 @@ impl Link {
 
 fn unexpected(call: &str, answer: &Answer) -> CallError {
     CallError::Failed(format!("its process answered {call} with {answer:?}"))
+}
+
+/// A health or readiness answer as the host's report; any other answer back.
+fn health_report(answer: Answer) -> Result<HealthReport, Answer> {
+    match answer {
+        Answer::Health {
+            healthy,
+            message,
+            micros,
+        } => Ok(HealthReport {
+            healthy,
+            message,
+            duration: Duration::from_micros(micros),
+        }),
+        other => Err(other),
+    }
 }
 
 impl Refusal {

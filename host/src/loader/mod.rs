@@ -22,6 +22,7 @@ mod layout;
 mod maps;
 pub mod preflight;
 mod private_dir;
+mod version;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -31,8 +32,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use abi_stable::library::AbiHeaderRef;
-use balut_plugin_api::__private::{PluginDeclaration, PluginModRef};
-use balut_plugin_api::{INTERFACE_MAJOR, INTERFACE_MINOR};
+use balut_plugin_api::__private::PluginModRef;
 use sha2::{Digest, Sha256};
 
 pub use check::{ConfigCheck, check_config};
@@ -41,67 +41,8 @@ pub use error::LoadError;
 use layout::check_layout;
 use private_dir::PrivateDir;
 pub use private_dir::{CopyDirError, check_copy_dir, remove_stale};
+pub use version::{InterfaceVersion, PluginInfo, version_text};
 pub use worker::{CallError, HealthReport, Worker, calls};
-
-/// A plugin interface version, `major.minor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InterfaceVersion {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl InterfaceVersion {
-    /// The interface this host was built with.
-    pub const HOST: Self = Self {
-        major: INTERFACE_MAJOR,
-        minor: INTERFACE_MINOR,
-    };
-
-    /// Whether the host can load a plugin built for `self`. A newer minor would carry
-    /// prefix fields abi_stable must reconcile, and such a library can never be unloaded
-    /// safely, so it is refused like a different major.
-    #[allow(clippy::absurd_extreme_comparisons)] // the host's minor is 0 today
-    pub fn loadable_by_host(self) -> bool {
-        self.major == Self::HOST.major && self.minor <= Self::HOST.minor
-    }
-}
-
-impl fmt::Display for InterfaceVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-/// `balut --version`'s text: the crate version and the plugin interfaces it loads.
-pub fn version_text() -> String {
-    let host = InterfaceVersion::HOST;
-    format!(
-        "{} (plugin interface {host}; loads plugins built for {}.0 to {host})",
-        env!("CARGO_PKG_VERSION"),
-        host.major
-    )
-}
-
-/// What a plugin file says about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub interface: InterfaceVersion,
-}
-
-impl From<&PluginDeclaration> for PluginInfo {
-    fn from(decl: &PluginDeclaration) -> Self {
-        Self {
-            name: decl.name().to_owned(),
-            version: decl.version().to_owned(),
-            interface: InterfaceVersion {
-                major: decl.interface_major,
-                minor: decl.interface_minor,
-            },
-        }
-    }
-}
 
 /// Outcome of [`Library::unload`].
 #[derive(Debug, Clone)]
@@ -501,19 +442,5 @@ fn open_and_check(copy: &Path) -> Result<(libloading::Library, PluginModRef), Op
             drop(handle);
             Err(OpenFailure::Other(detail))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_gate() {
-        let v = |major, minor| InterfaceVersion { major, minor };
-        assert!(InterfaceVersion::HOST.loadable_by_host());
-        assert!(!v(INTERFACE_MAJOR + 1, 0).loadable_by_host());
-        assert!(!v(INTERFACE_MAJOR, INTERFACE_MINOR + 1).loadable_by_host());
-        assert!(INTERFACE_MAJOR == 0 || !v(INTERFACE_MAJOR - 1, 0).loadable_by_host());
     }
 }

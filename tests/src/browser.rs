@@ -186,17 +186,18 @@ impl Browser {
                 .connect(&url)
                 .await
         };
-        let client = browser
+        let connected = browser
             .rt
-            .block_on(async { tokio::time::timeout(DRIVER_TIMEOUT, connect).await })
-            .unwrap_or_else(|_| panic!("no WebDriver session within {DRIVER_TIMEOUT:?}"))
-            .unwrap_or_else(|e| {
-                panic!(
-                    "chromedriver refused a session of {}: {e}; its log:\n{}",
-                    chromium.display(),
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                )
-            });
+            .block_on(async { tokio::time::timeout(DRIVER_TIMEOUT, connect).await });
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!(
+                "chromedriver refused a session of {}: {e}; its log:\n{}",
+                chromium.display(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ),
+            Err(_) => panic!("no WebDriver session within {DRIVER_TIMEOUT:?}"),
+        };
         let _ = std::fs::remove_file(&log_path);
         browser.client = Some(client);
         browser
@@ -229,6 +230,36 @@ impl Browser {
         self.rt
             .block_on(self.client().execute(script, args))
             .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Runs `script` as an asynchronous script: it ends by calling its last argument
+    /// (`arguments[arguments.length - 1]`) with the result. The session's script timeout
+    /// (30 s by default) bounds it.
+    pub fn js_async(&self, script: &str, args: Vec<Value>) -> Value {
+        self.rt
+            .block_on(self.client().execute_async(script, args))
+            .unwrap_or_else(|e| panic!("async script failed: {e}\n{script}"))
+    }
+
+    /// Sends a Chrome DevTools Protocol command through chromedriver
+    /// (`POST /session/{id}/goog/cdp/execute`); its result.
+    pub fn cdp(&self, command: &str, params: Value) -> Value {
+        let cmd = SessionPost {
+            path: "goog/cdp/execute",
+            body: json!({ "cmd": command, "params": params }).to_string(),
+        };
+        self.rt
+            .block_on(self.client().issue_cmd(cmd))
+            .unwrap_or_else(|e| panic!("DevTools command {command}: {e}"))
+    }
+
+    /// Runs `script` in every document this session opens from now on, before the page's
+    /// own scripts (DevTools `Page.addScriptToEvaluateOnNewDocument`).
+    pub fn on_new_document(&self, script: &str) {
+        self.cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": script }),
+        );
     }
 
     /// Runs `script` until `done` holds for its result (every [`POLL`], up to
@@ -373,7 +404,10 @@ impl Browser {
     pub fn log(&mut self) -> Vec<LogEntry> {
         let fresh = self
             .rt
-            .block_on(self.client().issue_cmd(ReadBrowserLog))
+            .block_on(self.client().issue_cmd(SessionPost {
+                path: "se/log",
+                body: json!({ "type": "browser" }).to_string(),
+            }))
             .unwrap_or_else(|e| panic!("read the browser log (POST se/log): {e}"));
         for entry in fresh.as_array().into_iter().flatten() {
             let text = |key: &str| entry[key].as_str().unwrap_or_default().to_owned();
@@ -450,27 +484,30 @@ pub fn js_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
-/// chromedriver's `POST /session/{id}/se/log` with `{"type": "browser"}`: the browser log
-/// entries since the last read.
+/// A POST to a chromedriver endpoint of the session that fantoccini has no call for:
+/// `se/log` (`{"type": "browser"}`: the browser log entries since the last read) and
+/// `goog/cdp/execute` (`{"cmd": ..., "params": ...}`: a DevTools command).
 #[derive(Debug)]
-struct ReadBrowserLog;
+struct SessionPost {
+    /// After `session/{id}/`.
+    path: &'static str,
+    body: String,
+}
 
-impl WebDriverCompatibleCommand for ReadBrowserLog {
+impl WebDriverCompatibleCommand for SessionPost {
     fn endpoint(
         &self,
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
         base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
+            "session/{}/{}",
+            session_id.unwrap_or_default(),
+            self.path
         ))
     }
 
     fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
-        (
-            http::Method::POST,
-            Some(json!({ "type": "browser" }).to_string()),
-        )
+        (http::Method::POST, Some(self.body.clone()))
     }
 }

@@ -3,7 +3,7 @@
 //! console`).
 //!
 //! [`Browser::start`] runs `chromedriver` on a free loopback port, opens a session of a
-//! headless Chromium with a fresh profile and the browser log enabled, and offers blocking
+//! headless Chromium with a fresh profile, a 1280x800 viewport and the browser log enabled, and offers blocking
 //! calls (it owns a small tokio runtime). Dropping it closes the session and ends the driver
 //! (and the browser with it), also when a test panics.
 //!
@@ -200,6 +200,11 @@ impl Browser {
         };
         let _ = std::fs::remove_file(&log_path);
         browser.client = Some(client);
+        // The page's viewport itself 1280x800 (the window size counts the window's frame).
+        browser.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false }),
+        );
         browser
     }
 

@@ -9,6 +9,7 @@ mod check;
 mod churn_model;
 mod config;
 mod console;
+mod console_http;
 mod control;
 mod crash;
 mod evolution;

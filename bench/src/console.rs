@@ -13,10 +13,15 @@
 //!   the median of 5 filters;
 //! - `console_event_to_row_p50_ms` / `_p90_ms`: `POST /v1/containers/cN/stop` (or `start`)
 //!   sent -> its row's `data-state` is `stopped` (`running`), seen by a `MutationObserver`
-//!   (wall clock of this machine on both sides), over 20 changes.
+//!   (wall clock of this machine on both sides), over 20 changes;
+//! - `console_event_to_client_p50_ms`: the same request sent -> its `state` event read by a
+//!   plain client of `/v1/events` in this process (the floor: what the page adds is the
+//!   difference);
+//! - `console_event_to_page_p50_ms`: the same request sent -> its `state` event delivered to
+//!   the page's `EventSource` (a listener added beside the page's own).
 
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, ensure};
 use balut_tests::browser::Browser;
@@ -30,7 +35,22 @@ use crate::scale::write_config;
 /// Records, before the page's scripts run, when `<html>` gets `data-console="ready"`, and
 /// every change of a container row's `data-state` (`window.__bench`).
 const OBSERVER: &str = r#"
-window.__bench = { readyAt: null, changes: [] };
+window.__bench = { readyAt: null, changes: [], arrivals: [] };
+const PageEventSource = window.EventSource;
+window.EventSource = function (url, options) {
+    const source = new PageEventSource(url, options);
+    // The host names its events (`event: state`).
+    source.addEventListener('state', (e) => {
+        const at = performance.timeOrigin + performance.now();
+        try {
+            const d = JSON.parse(e.data);
+            if (d.type === 'state') window.__bench.arrivals.push({ name: d.container, state: d.to, at });
+        } catch (_) {}
+    });
+    return source;
+};
+window.EventSource.prototype = PageEventSource.prototype;
+Object.assign(window.EventSource, { CONNECTING: 0, OPEN: 1, CLOSED: 2 });
 new MutationObserver((mutations) => {
     const now = performance.timeOrigin + performance.now();
     for (const m of mutations) {
@@ -105,23 +125,40 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
         first_render,
         filter,
         mut changes,
+        mut floor,
+        mut in_page,
     } = measured;
+    in_page.sort();
     changes.sort();
+    floor.sort();
     println!(
         "console: {containers} containers: page ready {ready:.0} ms after navigation start; \
          first full render of the table {first_render:.1} ms; filter -> rows hidden {filter:.1} ms \
          (median of 5); state change -> its row p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms \
-         ({} changes)",
+         ({} changes; its event on /v1/events to a plain client: p50 {:.1} ms, p90 {:.1} ms; to the page's \
+         EventSource: p50 {:.1} ms, p90 {:.1} ms)",
         ms(percentile(&changes, 0.5)),
         ms(percentile(&changes, 0.9)),
         ms(percentile(&changes, 1.0)),
-        changes.len()
+        changes.len(),
+        ms(percentile(&floor, 0.5)),
+        ms(percentile(&floor, 0.9)),
+        ms(percentile(&in_page, 0.5)),
+        ms(percentile(&in_page, 0.9)),
     );
     figures.add("console_ready_ms", ready);
     figures.add("console_first_render_ms", first_render);
     figures.add("console_filter_ms", filter);
     figures.add("console_event_to_row_p50_ms", ms(percentile(&changes, 0.5)));
     figures.add("console_event_to_row_p90_ms", ms(percentile(&changes, 0.9)));
+    figures.add(
+        "console_event_to_client_p50_ms",
+        ms(percentile(&floor, 0.5)),
+    );
+    figures.add(
+        "console_event_to_page_p50_ms",
+        ms(percentile(&in_page, 0.5)),
+    );
     host.terminate(Duration::from_secs(60))?;
     Ok(())
 }
@@ -131,6 +168,8 @@ struct Measured {
     first_render: f64,
     filter: f64,
     changes: Vec<Duration>,
+    floor: Vec<Duration>,
+    in_page: Vec<Duration>,
 }
 
 fn measure(host: &Host, containers: usize) -> anyhow::Result<Measured> {
@@ -174,10 +213,15 @@ fn measure(host: &Host, containers: usize) -> anyhow::Result<Measured> {
         }
     }
 
+    // The same changes as a plain client of /v1/events sees them: the floor.
+    let events = host.events()?;
     let mut changes = Vec::new();
+    let mut floor = Vec::new();
+    let mut in_page = Vec::new();
     for i in 0..CHANGES / 2 {
         let name = format!("c{}", i * 37 % containers);
         for (action, state) in [("stop", "stopped"), ("start", "running")] {
+            let sent_at = Instant::now();
             let sent = epoch_ms();
             let status = host.post(&format!("/v1/containers/{name}/{action}"))?;
             ensure!(status == 200, "POST {action} {name}: {status}");
@@ -187,6 +231,23 @@ fn measure(host: &Host, containers: usize) -> anyhow::Result<Measured> {
             let at = browser.wait(&format!("row {name} {state}"), &script, Value::is_number);
             let at = at.as_f64().context("a change time")?;
             changes.push(Duration::from_secs_f64(((at - sent) / 1e3).max(0.0)));
+            let arrived = browser.js(&script.replace("changes", "arrivals"), Vec::new());
+            let arrived = arrived
+                .as_f64()
+                .context("the state event never reached the page's EventSource")?;
+            in_page.push(Duration::from_secs_f64(((arrived - sent) / 1e3).max(0.0)));
+            loop {
+                let (seen, event) = events
+                    .recv_timeout(Duration::from_secs(30))
+                    .with_context(|| format!("no {state} event of {name} on /v1/events"))?;
+                if event["type"] == "state"
+                    && event["container"] == name.as_str()
+                    && event["to"] == state
+                {
+                    floor.push(seen.saturating_duration_since(sent_at));
+                    break;
+                }
+            }
         }
     }
     Ok(Measured {
@@ -194,6 +255,8 @@ fn measure(host: &Host, containers: usize) -> anyhow::Result<Measured> {
         first_render,
         filter: median(filters),
         changes,
+        floor,
+        in_page,
     })
 }
 

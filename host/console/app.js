@@ -68,6 +68,7 @@
     pendingList: false,
     pendingPlugins: false,
     flushScheduled: false,
+    flushing: false,
     syncing: false, // a fetchAll is in flight: events are held until it is done
     held: [],
   };
@@ -421,42 +422,54 @@
     if (state.firstRender && state.streamOpen) el.html.dataset.console = "ready";
   }
 
-  /** Fetches what events concerned, once per frame. */
+  /** Fetches what events concerned, once per frame, one batch at a time (so an older
+   * answer never lands after a newer one). */
   function scheduleFlush() {
-    if (state.flushScheduled) return;
+    if (state.flushScheduled || state.flushing) return;
     state.flushScheduled = true;
-    later(flush);
+    later(() => {
+      state.flushScheduled = false;
+      if (state.syncing) return; // fetchAll schedules the flush when it is done
+      state.flushing = true;
+      flush().finally(() => {
+        state.flushing = false;
+        if (state.pending.size || state.pendingList || state.pendingPlugins) scheduleFlush();
+      });
+    });
   }
 
-  function flush() {
-    state.flushScheduled = false;
-    if (state.syncing) return; // fetchAll schedules the flush when it is done
+  async function flush() {
     const names = [...state.pending];
     state.pending.clear();
+    const jobs = [];
     if (state.pendingPlugins) {
       state.pendingPlugins = false;
-      fetchPlugins().catch(fail("reading the plugin files"));
+      jobs.push(fetchPlugins().catch(fail("reading the plugin files")));
     }
     if (state.pendingList || names.length > MANY) {
       state.pendingList = false;
-      fetchContainers().catch(fail("reading the containers"));
+      jobs.push(fetchContainers().catch(fail("reading the containers")));
       if (state.detail && (names.includes(state.detail.name) || names.length === 0)) {
-        refreshDetail().catch(fail(`reading ${state.detail.name}`));
+        jobs.push(refreshDetail().catch(fail(`reading ${state.detail.name}`)));
       }
-      return;
+    } else {
+      for (const name of names) jobs.push(fetchOne(name));
     }
-    for (const name of names) {
-      api(`/v1/containers/${encodeURIComponent(name)}`).then((c) => {
-        updateContainer(c);
-        if (state.detail && state.detail.name === name) renderDetail(c);
-      }, (e) => {
-        if (e.status === 404) {
-          forgetContainer(name);
-          if (state.detail && state.detail.name === name) detailGone();
-        } else {
-          notice("error", `reading ${name}: ${e.message}`);
-        }
-      });
+    await Promise.all(jobs);
+  }
+
+  async function fetchOne(name) {
+    try {
+      const c = await api(`/v1/containers/${encodeURIComponent(name)}`);
+      updateContainer(c);
+      if (state.detail && state.detail.name === name) renderDetail(c);
+    } catch (e) {
+      if (e.status === 404) {
+        forgetContainer(name);
+        if (state.detail && state.detail.name === name) detailGone();
+      } else {
+        notice("error", `reading ${name}: ${e.message}`);
+      }
     }
   }
 
@@ -793,8 +806,8 @@
     const max = Math.max(1, ...probes.map((p) => p.duration_ms));
     nodes.push(svg("line", { class: "axis", x1: left, y1: H - bottom, x2: W - right, y2: H - bottom }));
     nodes.push(svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: H - bottom }));
-    nodes.push(svg("text", { class: "lbl", x: 2, y: top + 8 }, `${max < 10 ? max.toFixed(2) : Math.round(max)}`));
-    nodes.push(svg("text", { class: "lbl", x: 2, y: H - bottom }, "0 ms"));
+    nodes.push(svg("text", { class: "lbl", x: 2, y: top + 8 }, `${max < 10 ? Number(max.toFixed(2)) : Math.round(max)} ms`));
+    nodes.push(svg("text", { class: "lbl", x: 2, y: H - bottom }, "0"));
     if (probes.length === 0) {
       nodes.push(svg("text", { class: "lbl", x: left + 10, y: H / 2 }, "no probe results yet"));
     }

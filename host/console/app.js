@@ -68,6 +68,9 @@
     pendingList: false,
     pendingPlugins: false,
     flushScheduled: false,
+    flushing: false,
+    syncing: false, // a fetchAll is in flight: events are held until it is done
+    held: [],
   };
 
   // ---------- small helpers ----------
@@ -180,35 +183,41 @@
   const FIELDS = ["name", "plugin", "state", "health", "ready", "generation", "restarts",
     "uptime", "next-retry", "error", "actions"];
 
-  function actionButtons() {
-    return [
-      h("button", { type: "button", "data-action": "start", text: "Start" }),
-      h("button", { type: "button", "data-action": "stop", text: "Stop" }),
-      h("button", { type: "button", "data-action": "restart", text: "Restart" }),
-    ];
-  }
-
-  function makeRow(c) {
+  /** The shape of every row, cloned for each container (far cheaper than building it). */
+  const ROW_TEMPLATE = (() => {
     const tr = document.createElement("tr");
-    const cells = {};
     for (const f of FIELDS) {
       const td = document.createElement("td");
-      td.dataset.field = f;
-      cells[f] = td;
+      td.setAttribute("data-field", f);
       tr.append(td);
     }
-    const link = h("a", { href: `/ui/containers/${encodeURIComponent(c.name)}`, "data-link": "container" });
-    cells.name.append(link);
-    cells.stateBadge = h("span", { class: "state" });
-    cells.state.append(cells.stateBadge);
-    cells.actions.append(...actionButtons());
-    cells.link = link;
-    const row = { tr, cells, match: true };
-    fillRow(row, c, Date.now());
+    const [name, , stateCell] = tr.children;
+    name.append(h("a", { "data-link": "container" }));
+    stateCell.append(h("span", { class: "state" }));
+    tr.lastElementChild.append(
+      h("button", { type: "button", "data-action": "start", text: "Start" }),
+      h("button", { type: "button", "data-action": "stop", text: "Stop" }),
+      h("button", { type: "button", "data-action": "restart", text: "Restart" }));
+    return tr;
+  })();
+
+  function makeRow(c, now, filter) {
+    const tr = ROW_TEMPLATE.cloneNode(true);
+    const cells = {};
+    let td = tr.firstElementChild;
+    for (const f of FIELDS) {
+      cells[f] = td;
+      td = td.nextElementSibling;
+    }
+    cells.link = cells.name.firstElementChild;
+    cells.link.setAttribute("href", `/ui/containers/${encodeURIComponent(c.name)}`);
+    cells.stateBadge = cells.state.firstElementChild;
+    const row = { tr, cells, match: true, health: undefined };
+    fillRow(row, c, now, filter);
     return row;
   }
 
-  function fillRow(row, c, now) {
+  function fillRow(row, c, now, filter) {
     const { tr, cells } = row;
     setAttr(tr, "data-name", c.name);
     setAttr(tr, "data-state", c.state);
@@ -218,18 +227,22 @@
     const cls = `state st-${c.state}`;
     if (cells.stateBadge.className !== cls) cells.stateBadge.className = cls;
     const health = healthText(c);
-    setText(cells.health, health);
-    cells.health.className = health === "unhealthy" ? "health-bad" : (health === "healthy" ? "health-ok" : "dim");
-    if (c.health && !c.health.healthy) cells.health.title = c.health.message || "";
-    else cells.health.removeAttribute("title");
+    if (row.health !== health) {
+      row.health = health;
+      setText(cells.health, health);
+      cells.health.className = health === "unhealthy" ? "health-bad" : (health === "healthy" ? "health-ok" : "dim");
+    }
+    const why = c.health && !c.health.healthy ? (c.health.message || "") : null;
+    if (why !== null) cells.health.title = why;
+    else if (cells.health.hasAttribute("title")) cells.health.removeAttribute("title");
     setText(cells.ready, c.ready ? "yes" : "no");
     setText(cells.generation, c.generation == null ? "—" : String(c.generation));
     setText(cells.restarts, String(c.restarts ?? 0));
     setText(cells.uptime, uptimeText(c, now));
     setText(cells["next-retry"], retryText(c, now));
     setText(cells.error, c.last_error || "");
-    row.match = matches(c, currentFilter());
-    tr.hidden = !row.match;
+    row.match = matches(c, filter);
+    if (tr.hidden === row.match) tr.hidden = !row.match;
   }
 
   function currentFilter() {
@@ -248,20 +261,32 @@
     setText(el.count, `${shown} of ${state.rows.size} container${state.rows.size === 1 ? "" : "s"}`);
   }
 
-  /** The whole table from `list` (the API's order). */
+  /** The whole table from `list` (the API's order): rows already shown are updated in
+   * place (only the cells that changed), new ones built, gone ones removed. */
   function renderContainers(list) {
     const t0 = performance.now();
+    const now = Date.now();
+    const filter = currentFilter();
+    const old = state.rows;
+    const rows = new Map();
     state.containers = new Map(list.map((c) => [c.name, c]));
     state.order = list.map((c) => c.name);
-    const rows = new Map();
-    const fragment = document.createDocumentFragment();
+    let inOrder = true;
+    let at = el.tbody.firstElementChild;
     for (const c of list) {
-      const row = makeRow(c);
+      let row = old.get(c.name);
+      if (row) fillRow(row, c, now, filter);
+      else row = makeRow(c, now, filter);
       rows.set(c.name, row);
-      fragment.append(row.tr);
+      if (inOrder && row.tr === at) at = at.nextElementSibling;
+      else inOrder = false;
+    }
+    if (!inOrder || at !== null) {
+      const fragment = document.createDocumentFragment();
+      for (const row of rows.values()) fragment.append(row.tr);
+      el.tbody.replaceChildren(fragment);
     }
     state.rows = rows;
-    el.tbody.replaceChildren(fragment);
     markSelected();
     updateCount();
     performance.measure("balut:render:containers", { start: t0, end: performance.now() });
@@ -273,9 +298,9 @@
     state.containers.set(c.name, c);
     const row = state.rows.get(c.name);
     if (row) {
-      fillRow(row, c, Date.now());
+      fillRow(row, c, Date.now(), currentFilter());
     } else {
-      const fresh = makeRow(c);
+      const fresh = makeRow(c, Date.now(), currentFilter());
       state.rows.set(c.name, fresh);
       if (!known) state.order.push(c.name);
       el.tbody.append(fresh.tr);
@@ -363,61 +388,88 @@
     return Boolean(before && (before.pid !== host.pid || before.started_at !== host.started_at));
   }
 
-  /** The whole state again (at start and after each reconnection). */
+  /** The whole state again (at start and after each reconnection). Events that arrive
+   * meanwhile are held; those the fetched state already shows (ids up to the host's
+   * `last_event_id` when it was asked) fetch nothing more. */
   async function fetchAll(reconnected) {
     state.pending.clear();
     state.pendingList = false;
     state.pendingPlugins = false;
-    const [restarted] = await Promise.all([fetchHost(), fetchContainers(), fetchPlugins()]);
-    if (state.detail) {
-      refreshDetail().catch(fail(`reading ${state.detail.name}`));
-      if (!state.detail.logs) followLogs(state.detail.name);
+    state.syncing = true;
+    let shown = null;
+    try {
+      const restarted = await fetchHost();
+      shown = typeof state.host.last_event_id === "number" ? state.host.last_event_id : null;
+      await Promise.all([fetchContainers(), fetchPlugins()]);
+      if (state.detail) {
+        refreshDetail().catch(fail(`reading ${state.detail.name}`));
+        if (!state.detail.logs) followLogs(state.detail.name);
+      }
+      if (restarted) notice("ok", "Reconnected: the host restarted (new pid); everything was read again.");
+      else if (reconnected) notice("ok", "Reconnected to the host; everything was read again.");
+      state.firstRender = true;
+      readyCheck();
+    } finally {
+      state.syncing = false;
+      const held = state.held;
+      state.held = [];
+      for (const ev of held) if (shown === null || !(ev.id <= shown)) note(ev);
+      scheduleFlush();
     }
-    if (restarted) notice("ok", "Reconnected: the host restarted (new pid); everything was read again.");
-    else if (reconnected) notice("ok", "Reconnected to the host; everything was read again.");
-    state.firstRender = true;
-    readyCheck();
   }
 
   function readyCheck() {
     if (state.firstRender && state.streamOpen) el.html.dataset.console = "ready";
   }
 
-  /** Fetches what events concerned, once per frame. */
+  /** Fetches what events concerned, once per frame, one batch at a time (so an older
+   * answer never lands after a newer one). */
   function scheduleFlush() {
-    if (state.flushScheduled) return;
+    if (state.flushScheduled || state.flushing) return;
     state.flushScheduled = true;
-    later(flush);
+    later(() => {
+      state.flushScheduled = false;
+      if (state.syncing) return; // fetchAll schedules the flush when it is done
+      state.flushing = true;
+      flush().finally(() => {
+        state.flushing = false;
+        if (state.pending.size || state.pendingList || state.pendingPlugins) scheduleFlush();
+      });
+    });
   }
 
-  function flush() {
-    state.flushScheduled = false;
+  async function flush() {
     const names = [...state.pending];
     state.pending.clear();
+    const jobs = [];
     if (state.pendingPlugins) {
       state.pendingPlugins = false;
-      fetchPlugins().catch(fail("reading the plugin files"));
+      jobs.push(fetchPlugins().catch(fail("reading the plugin files")));
     }
     if (state.pendingList || names.length > MANY) {
       state.pendingList = false;
-      fetchContainers().catch(fail("reading the containers"));
+      jobs.push(fetchContainers().catch(fail("reading the containers")));
       if (state.detail && (names.includes(state.detail.name) || names.length === 0)) {
-        refreshDetail().catch(fail(`reading ${state.detail.name}`));
+        jobs.push(refreshDetail().catch(fail(`reading ${state.detail.name}`)));
       }
-      return;
+    } else {
+      for (const name of names) jobs.push(fetchOne(name));
     }
-    for (const name of names) {
-      api(`/v1/containers/${encodeURIComponent(name)}`).then((c) => {
-        updateContainer(c);
-        if (state.detail && state.detail.name === name) renderDetail(c);
-      }, (e) => {
-        if (e.status === 404) {
-          forgetContainer(name);
-          if (state.detail && state.detail.name === name) detailGone();
-        } else {
-          notice("error", `reading ${name}: ${e.message}`);
-        }
-      });
+    await Promise.all(jobs);
+  }
+
+  async function fetchOne(name) {
+    try {
+      const c = await api(`/v1/containers/${encodeURIComponent(name)}`);
+      updateContainer(c);
+      if (state.detail && state.detail.name === name) renderDetail(c);
+    } catch (e) {
+      if (e.status === 404) {
+        forgetContainer(name);
+        if (state.detail && state.detail.name === name) detailGone();
+      } else {
+        notice("error", `reading ${name}: ${e.message}`);
+      }
     }
   }
 
@@ -464,13 +516,21 @@
     if (message.lastEventId) state.lastEventId = message.lastEventId;
     else if (ev.id != null) state.lastEventId = String(ev.id);
     addEvent(ev);
+    if (state.syncing) state.held.push(ev);
+    else {
+      note(ev);
+      scheduleFlush();
+    }
+  }
+
+  /** What `ev` makes stale: its container, the plugin files, the list. */
+  function note(ev) {
     if (ev.container) state.pending.add(ev.container);
     if (FILE_EVENTS.has(ev.type)) {
       state.pendingPlugins = true;
       // A file's arrival or departure (un)registers its containers.
       if (ev.type === "loaded" || ev.type === "removed" || ev.type === "unloaded") state.pendingList = true;
     }
-    scheduleFlush();
   }
 
   function setConnection(kind, text) {
@@ -746,8 +806,8 @@
     const max = Math.max(1, ...probes.map((p) => p.duration_ms));
     nodes.push(svg("line", { class: "axis", x1: left, y1: H - bottom, x2: W - right, y2: H - bottom }));
     nodes.push(svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: H - bottom }));
-    nodes.push(svg("text", { class: "lbl", x: 2, y: top + 8 }, `${max < 10 ? max.toFixed(2) : Math.round(max)}`));
-    nodes.push(svg("text", { class: "lbl", x: 2, y: H - bottom }, "0 ms"));
+    nodes.push(svg("text", { class: "lbl", x: 2, y: top + 8 }, `${max < 10 ? Number(max.toFixed(2)) : Math.round(max)} ms`));
+    nodes.push(svg("text", { class: "lbl", x: 2, y: H - bottom }, "0"));
     if (probes.length === 0) {
       nodes.push(svg("text", { class: "lbl", x: left + 10, y: H / 2 }, "no probe results yet"));
     }

@@ -231,6 +231,8 @@ fn v1_host_tells_version_pid_and_whether_a_token_is_needed() {
     );
     assert_eq!(info["token_required"], false, "{info}");
     assert_eq!(info["pid"], host.pid(), "{info}");
+    // At least the loaded and state events of the start.
+    assert!(info["last_event_id"].as_u64().unwrap_or(0) >= 2, "{info}");
     assert!(
         is_rfc3339(info["started_at"].as_str().unwrap_or_default()),
         "{info}"

@@ -165,17 +165,20 @@ impl HostInfo {
 }
 
 /// `GET /v1/host`: the host's version, interface, pid, start time, folder and config
-/// file, and whether mutating requests need a token.
+/// file, whether mutating requests need a token, and the id of the newest event (what a
+/// state read right after reflects).
 async fn host(State(app): State<AppState>) -> Response {
     #[derive(Serialize)]
     struct Answer<'a> {
         #[serde(flatten)]
         info: &'a HostInfo,
         token_required: bool,
+        last_event_id: u64,
     }
     axum::Json(Answer {
         info: &app.host,
         token_required: app.token.is_some(),
+        last_event_id: app.board.events.last_id(),
     })
     .into_response()
 }

@@ -33,7 +33,6 @@
     notUnloaded: $("#not-unloaded"),
     events: $("#events"),
     eventsFilter: $("#events-filter"),
-    eventsCount: $("#events-count"),
     detail: $("#detail"),
     detailTitle: $("#detail-title"),
     detailState: $("#detail-state"),
@@ -538,6 +537,16 @@
     el.connection.textContent = text;
   }
 
+  /** fetchAll, tried again every 2 s while `source` stays open and it fails. */
+  function syncWhileOpen(source, reconnected) {
+    fetchAll(reconnected).catch((e) => {
+      notice("error", `reading the host's state: ${e.message}`);
+      setTimeout(() => {
+        if (state.source === source && source.readyState === EventSource.OPEN) syncWhileOpen(source, reconnected);
+      }, 2000);
+    });
+  }
+
   let reconnectTimer = null;
   function connect() {
     clearTimeout(reconnectTimer);
@@ -551,11 +560,7 @@
       state.attempt = 0;
       state.streamOpen = true;
       setConnection("live", "Live");
-      if (reconnected || !state.firstRender) {
-        fetchAll(reconnected).catch((e) => {
-          notice("error", `reading the host's state: ${e.message}`);
-        });
-      }
+      if (reconnected || !state.firstRender) syncWhileOpen(source, reconnected);
     });
     source.addEventListener("error", () => {
       if (state.source !== source) return;

@@ -560,7 +560,7 @@
       state.attempt = 0;
       state.streamOpen = true;
       setConnection("live", "Live");
-      if (reconnected || !state.firstRender) syncWhileOpen(source, reconnected);
+      if (reconnected || (!state.firstRender && !state.syncing)) syncWhileOpen(source, reconnected);
     });
     source.addEventListener("error", () => {
       if (state.source !== source) return;
@@ -976,5 +976,7 @@
 
   setInterval(tick, 1000);
   connect();
+  // The first read does not wait for the stream: events it already shows are skipped.
+  fetchAll(false).catch((e) => notice("error", `reading the host's state: ${e.message}`));
   routeFromLocation();
 })();

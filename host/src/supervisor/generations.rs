@@ -343,7 +343,8 @@ impl<L: Generation> Generations<L> {
 
     /// Unloads every generation that only this module holds (no instance uses it), but
     /// the current one of a plugin in `awaited` (a container of it waits to restart: its
-    /// next instance is constructed from the generation in memory, not loaded again).
+    /// next instance is constructed from the generation in memory, not loaded again),
+    /// unless its file is shown as `error` (a constructor failed on that content).
     pub fn sweep<P: Platform<Library = L>>(&mut self, platform: &mut P, awaited: &BTreeSet<&str>) {
         let paths: Vec<PathBuf> = self
             .files
@@ -352,7 +353,8 @@ impl<L: Generation> Generations<L> {
                 f.current
                     .as_ref()
                     .is_some_and(|l| Arc::strong_count(l) == 1)
-                    && !f.plugin.as_deref().is_some_and(|p| awaited.contains(p))
+                    && !(f.status.status != FileState::Error
+                        && f.plugin.as_deref().is_some_and(|p| awaited.contains(p)))
             })
             .map(|(p, _)| p.clone())
             .collect();

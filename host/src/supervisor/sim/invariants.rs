@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Inspection;
 use super::fake::World;
-use crate::model::State;
+use crate::model::{FileState, State};
 use crate::restart::RestartPolicy;
 use crate::supervisor::ShutdownReport;
 use crate::supervisor::set::Hold;
@@ -320,6 +320,7 @@ fn memory_and_api_agree(seen: &Inspection, world: &World) -> Result<(), String> 
     let kept: Vec<(String, u64)> = seen
         .plugins
         .iter()
+        .filter(|p| p.status != FileState::Error)
         .filter(|p| p.name.as_deref().is_some_and(|n| awaited.contains(n)))
         .filter_map(|p| Some((p.file.clone(), p.generation?)))
         .collect();

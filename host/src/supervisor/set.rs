@@ -6,7 +6,7 @@
 //! [`Containers::show`] or [`Containers::set_state`], which put it on the board at once.
 //! The board is a projection for readers: nothing here reads it back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -369,6 +369,16 @@ impl<W> Containers<W> {
                 _ => None,
             })
             .min()
+    }
+
+    /// The plugins of the containers that wait to restart (a backoff or a quarantine):
+    /// their generation in memory is kept for the restart.
+    pub fn awaiting_restart(&self) -> BTreeSet<&str> {
+        self.map
+            .values()
+            .filter(|c| matches!(c.hold, Hold::Until(_)) && c.wanted && !c.is_live())
+            .map(|c| c.plugin.as_str())
+            .collect()
     }
 
     /// Ends the backoffs and quarantines that are over.

@@ -37,10 +37,22 @@ macro_rules! asset {
     };
 }
 
-/// Every file of the console.
+/// Every file of the console. The script is ES modules: `app.js`, the page's entry, imports
+/// the others by relative path (`./x.js`), with no build step.
 pub const ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("actions.js", "text/javascript; charset=utf-8"),
+    asset!("api.js", "text/javascript; charset=utf-8"),
+    asset!("containers.js", "text/javascript; charset=utf-8"),
+    asset!("detail.js", "text/javascript; charset=utf-8"),
+    asset!("dom.js", "text/javascript; charset=utf-8"),
+    asset!("events.js", "text/javascript; charset=utf-8"),
+    asset!("format.js", "text/javascript; charset=utf-8"),
+    asset!("host.js", "text/javascript; charset=utf-8"),
+    asset!("plugins.js", "text/javascript; charset=utf-8"),
+    asset!("stream.js", "text/javascript; charset=utf-8"),
+    asset!("sync.js", "text/javascript; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),
 ];
@@ -205,6 +217,76 @@ mod tests {
             "the page references its script, style and icon"
         );
         assert!(!text.contains("http://") && !text.contains("https://"));
+    }
+
+    /// The modules `source` imports (`import ... from "./x.js"`, `import "./x.js"`), by
+    /// their asset names.
+    fn imports(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for (at, _) in source.match_indices("import ") {
+            // A statement: the keyword first on its line, up to its `;`.
+            let line = source[..at].rfind('\n').map_or(0, |n| n + 1);
+            if !source[line..at].trim().is_empty() {
+                continue;
+            }
+            let statement = source[at..].split(';').next().unwrap_or_default();
+            let Some(quoted) = statement.split(['"', '\'']).nth(1) else {
+                continue;
+            };
+            let name = quoted
+                .strip_prefix("./")
+                .or_else(|| quoted.strip_prefix("/ui/assets/"))
+                .unwrap_or_else(|| panic!("a module imports {quoted} from outside the assets"));
+            found.push(name.to_string());
+        }
+        found
+    }
+
+    #[test]
+    fn every_module_a_script_imports_is_embedded_and_none_import_in_a_cycle() {
+        let scripts: Vec<&Asset> = ASSETS.iter().filter(|a| a.name.ends_with(".js")).collect();
+        let mut graph = std::collections::BTreeMap::new();
+        for script in &scripts {
+            let text = std::str::from_utf8(script.body).expect("the script is UTF-8");
+            let imported = imports(text);
+            for name in &imported {
+                assert!(find(name).is_some(), "{} imports {name}", script.name);
+            }
+            graph.insert(script.name, imported);
+        }
+        assert!(
+            !graph["app.js"].is_empty(),
+            "app.js, the entry, imports the modules"
+        );
+        // Every module is reached from the entry, and no import leads back to a module on
+        // the way to it.
+        fn visit<'a>(
+            name: &'a str,
+            graph: &'a std::collections::BTreeMap<&'static str, Vec<String>>,
+            path: &mut Vec<&'a str>,
+            reached: &mut std::collections::BTreeSet<&'a str>,
+        ) {
+            assert!(
+                !path.contains(&name),
+                "an import cycle: {} -> {name}",
+                path.join(" -> ")
+            );
+            if !reached.insert(name) {
+                return;
+            }
+            path.push(name);
+            for next in &graph[name] {
+                visit(next, graph, path, reached);
+            }
+            path.pop();
+        }
+        let mut reached = std::collections::BTreeSet::new();
+        visit("app.js", &graph, &mut Vec::new(), &mut reached);
+        let all: std::collections::BTreeSet<&str> = graph.keys().copied().collect();
+        assert_eq!(
+            reached, all,
+            "every script is imported by the entry or its modules"
+        );
     }
 
     #[test]

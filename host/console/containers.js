@@ -152,6 +152,22 @@ export function updateContainer(c) {
   updateCount();
 }
 
+/** What an event says of a container, shown in its row at once (the fetch that follows
+ * fills in the rest): a transition's new state, readiness, a liveness verdict. */
+export function applyEvent(ev) {
+  const c = containers.get(ev.container);
+  const row = rows.get(ev.container);
+  if (!c || !row) return;
+  let next = null;
+  if (ev.type === "state") next = { ...c, state: ev.to, since: ev.at };
+  else if (ev.type === "readiness") next = { ...c, ready: ev.ready };
+  else if (ev.type === "health") next = { ...c, health: { ...c.health, healthy: ev.healthy, message: ev.message } };
+  if (next === null) return;
+  containers.set(next.name, next);
+  fillRow(row, next, Date.now(), currentFilter());
+  updateCount();
+}
+
 export function forgetContainer(name) {
   containers.delete(name);
   const row = rows.get(name);

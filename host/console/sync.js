@@ -3,7 +3,7 @@
 // per frame, one batch at a time. Owns whether the console is ready (`data-console`).
 
 import { api, fail, notice } from "./api.js";
-import { forgetContainer, readContainers, updateContainer } from "./containers.js";
+import { applyEvent, forgetContainer, readContainers, updateContainer } from "./containers.js";
 import { detailGone, openName, readDetailAgain, refreshDetail, updateDetail } from "./detail.js";
 import { lastEventShown, readHost } from "./host.js";
 import { readPlugins } from "./plugins.js";
@@ -63,6 +63,8 @@ function readyCheck() {
  * first read is neither done nor under way. */
 export function streamOpened(source, reconnected) {
   if (reconnected || (!firstRender && !syncing)) syncWhileOpen(source, reconnected);
+  // The first read may have finished before the stream opened.
+  else readyCheck();
 }
 
 /** readAll, tried again every 2 s while `source` stays open and it fails. */
@@ -79,6 +81,7 @@ function syncWhileOpen(source, reconnected) {
 export function eventArrived(ev) {
   if (syncing) held.push(ev);
   else {
+    applyEvent(ev);
     note(ev);
     scheduleFlush();
   }

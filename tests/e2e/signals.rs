@@ -106,3 +106,51 @@ fn a_second_sigterm_exits_at_once_even_during_a_reload_stuck_in_a_stop() {
     let code = exits_promptly(&mut host, at);
     assert_eq!(code, 130, "forced by the second signal\n{}", host.logs());
 }
+
+/// An open event stream (a console left open, `balut events`) at a SIGTERM ends cleanly:
+/// its chunked body gets its last chunk, so the client sees the end of a stream, not a
+/// broken connection, and the host does not wait for the stream to go.
+#[test]
+fn event_streams_end_cleanly_at_a_sigterm() {
+    use std::io::{Read, Write};
+
+    let mut dir = PluginDir::with(&[Lib::Chaos]);
+    dir.write_config(&chaos_entry("a", ""));
+    let mut host = Host::start(&dir);
+    host.wait_state("a", "running", STATE_TIMEOUT);
+    let mut streams: Vec<std::net::TcpStream> = ["/v1/events", "/v1/containers/a/logs?follow=1"]
+        .iter()
+        .map(|path| {
+            let mut socket = std::net::TcpStream::connect(host.addr()).expect("connect");
+            write!(
+                socket,
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+                host.addr()
+            )
+            .expect("send");
+            socket
+                .set_read_timeout(Some(STATE_TIMEOUT))
+                .expect("a read timeout");
+            socket
+        })
+        .collect();
+    // Both streams are open (their heads have come) before the signal.
+    for socket in &mut streams {
+        let mut head = [0u8; 12];
+        socket.read_exact(&mut head).expect("the response head");
+        assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    }
+    host.signal(Signal::SIGTERM);
+    let status = host.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", host.logs());
+    for socket in &mut streams {
+        let mut rest = Vec::new();
+        let read = socket.read_to_end(&mut rest);
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            read.is_ok() && text.ends_with("\r\n0\r\n\r\n"),
+            "the stream ends with its last chunk ({read:?}), got: ...{:?}",
+            &text[text.len().saturating_sub(80)..]
+        );
+    }
+}

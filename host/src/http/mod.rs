@@ -121,8 +121,10 @@ async fn connection<S>(
     let slot = ticket.slot().clone();
     let io = Guarded::new(io, slot.clone(), limits.send_timeout, limits.sse_buffer);
     let on = slot.clone();
-    let service =
-        hyper::service::service_fn(move |request| handle(app.clone(), on.clone(), request));
+    let ends = drain.clone();
+    let service = hyper::service::service_fn(move |request| {
+        handle(app.clone(), on.clone(), ends.clone(), request)
+    });
     let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
     let mut draining = false;
     let ended = loop {
@@ -155,20 +157,34 @@ async fn connection<S>(
 async fn handle(
     mut app: Router,
     slot: Arc<Slot>,
+    drain: watch::Receiver<bool>,
     request: Request<Incoming>,
 ) -> Result<Response<Tracked>, Infallible> {
     let busy = InRequest::new(slot.clone());
     let mut request = request.map(Body::new);
-    request.extensions_mut().insert(Connection(slot));
+    request.extensions_mut().insert(Connection(slot.clone()));
     std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut app, cx)).await?;
     let response = app.call(request).await?;
-    Ok(response.map(|body| Tracked { body, _busy: busy }))
+    Ok(response.map(|body| Tracked {
+        body,
+        _busy: busy,
+        slot,
+        drain,
+        ending: None,
+    }))
 }
 
 /// A response body that keeps its connection counted as in a request until it is sent.
+/// An event stream's body (its connection marked streaming) ends when the shutdown's
+/// drain begins: its last chunk is sent and the client sees the stream end, where
+/// cutting the connection after the drain would look like a network failure.
 struct Tracked {
     body: Body,
     _busy: InRequest,
+    slot: Arc<Slot>,
+    drain: watch::Receiver<bool>,
+    /// Resolves when the drain begins; made at the first poll of a stream's body.
+    ending: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl http_body::Body for Tracked {
@@ -179,7 +195,21 @@ impl http_body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        if this.slot.is_streaming() {
+            let drain = &this.drain;
+            let ending = this.ending.get_or_insert_with(|| {
+                let mut drain = drain.clone();
+                Box::pin(async move {
+                    // A closed channel (the server gone) ends the stream too.
+                    let _ = drain.wait_for(|draining| *draining).await;
+                })
+            });
+            if ending.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

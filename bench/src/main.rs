@@ -28,6 +28,7 @@ mod host;
 mod inproc;
 mod isolation;
 mod load;
+mod memory;
 mod peers;
 mod plugins;
 mod reload;

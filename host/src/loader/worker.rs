@@ -426,8 +426,9 @@ impl Worker {
 }
 
 impl Worker {
-    /// No more calls: the thread ends once it has run those queued.
-    fn close(&self) {
+    /// No more calls: the thread ends once it has run those queued (without parking in
+    /// between). Calls made after this fail as [`CallError::Stuck`].
+    pub fn close(&self) {
         self.jobs.close();
         if let Some(thread) = &self.thread {
             thread.thread().unpark();

@@ -420,9 +420,13 @@ fn balut_events_prints_one_line_per_event() {
         );
         assert!(words.next().is_some(), "then the type: {line:?}");
     }
+    let first_kept = ids(&all_kept(&host)).first().copied();
     assert_eq!(
-        lines.first().and_then(|l| l.split_whitespace().next()),
-        Some("1"),
+        lines
+            .first()
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|id| id.parse().ok()),
+        first_kept,
         "--since 0 replays from the first event: {lines:#?}"
     );
     // Live events follow.
@@ -448,7 +452,7 @@ fn balut_events_prints_one_line_per_event() {
     let ids: Vec<u64> = parsed.iter().filter_map(|e| e["id"].as_u64()).collect();
     assert_eq!(ids.len(), parsed.len(), "every event has an id: {lines:#?}");
     assert_contiguous(&ids, "balut events --json");
-    assert_eq!(ids.first(), Some(&1), "{lines:#?}");
+    assert_eq!(ids.first().copied(), first_kept, "{lines:#?}");
     assert!(
         parsed
             .iter()
@@ -563,5 +567,42 @@ fn json_log_lines_parse_and_carry_the_container() {
         "the plugin's `config` field as a key: {created}"
     );
     assert!(created.get("plugin_fields").is_none(), "{created}");
+    terminate_cleanly(host);
+}
+
+/// A client that comes back to a host restarted since (an upgrade, a crash, systemd's
+/// `Restart=`) still has the old run's `Last-Event-ID`. It must get every event the new run
+/// holds, not only those numbered above the old run's last.
+#[test]
+fn an_event_id_from_an_earlier_run_of_the_host_replays_all_of_this_run() {
+    let (_first_dir, first) = chaos_host(&["a"]);
+    for action in ["stop", "start", "restart"] {
+        let (status, body) = first.post(&format!("/v1/containers/a/{action}"));
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+    wait_ready(&first, "a");
+    let old_last = *ids(&all_kept(&first))
+        .last()
+        .expect("events of the first run");
+    terminate_cleanly(first);
+
+    let (_dir, host) = chaos_host(&["a"]);
+    let kept = all_kept(&host);
+    let kept_ids = ids(&kept);
+    assert!(!kept_ids.is_empty(), "the second run has events");
+    let resumed = host.events(Some(old_last));
+    let replayed = ids(&resumed.drain(Duration::from_millis(500)));
+    assert_eq!(
+        replayed, kept_ids,
+        "resuming with {old_last} (the first run's last id) replays all the second run holds"
+    );
+    // An id no run has given yet (the clock went back between runs) does the same.
+    let ahead = kept_ids.last().expect("ids") + 1_000_000;
+    let resumed = host.events(Some(ahead));
+    let replayed = ids(&resumed.drain(Duration::from_millis(500)));
+    assert_eq!(
+        replayed, kept_ids,
+        "resuming with {ahead}, ahead of this run"
+    );
     terminate_cleanly(host);
 }

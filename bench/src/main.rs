@@ -20,10 +20,14 @@
 //! - `peers`: the same small workload (N workers appending a line to a file every second)
 //!   run by Balut on threads, Balut in process mode and supervisord, side by side: start,
 //!   memory per worker, idle CPU, killed -> running again, status, stop (N = 10, 100, 500).
+//! - `console` (only when named: it needs Chromium and chromedriver): the web console in
+//!   headless Chromium with 1,000 containers: page ready, first render, filter, a state
+//!   change -> its row.
 //! - `cycle`: memory after 1,000 load/start/stop/unload cycles, beside a loader that never
 //!   unloads.
 
 mod call;
+mod console;
 mod cycle;
 mod host;
 mod inproc;
@@ -49,7 +53,7 @@ type Benchmark = fn(&Artifacts, bool, &mut Figures) -> anyhow::Result<()>;
 
 /// Every benchmark, in the order they run. `cycle` is last: its never-unloading half
 /// leaves a thousand libraries mapped in this process.
-const BENCHMARKS: [(&str, Benchmark); 8] = [
+const BENCHMARKS: [(&str, Benchmark); 9] = [
     ("load", load::run),
     ("reload", reload::run),
     ("reload_under_load", reload_under_load::run),
@@ -57,6 +61,7 @@ const BENCHMARKS: [(&str, Benchmark); 8] = [
     ("call", call::run),
     ("isolation", isolation::run),
     ("peers", peers::run),
+    ("console", console::run),
     ("cycle", cycle::run),
 ];
 
@@ -90,8 +95,13 @@ fn run() -> anyhow::Result<bool> {
         }
     }
     if chosen.is_empty() {
-        // `peers` runs only when named: it installs supervisord when it is missing.
-        chosen = names.iter().copied().filter(|n| *n != "peers").collect();
+        // `peers` runs only when named: it installs supervisord when it is missing;
+        // `console` too: it needs Chromium and chromedriver.
+        chosen = names
+            .iter()
+            .copied()
+            .filter(|n| !["peers", "console"].contains(n))
+            .collect();
     }
     let artifacts = build()?;
     println!(

@@ -14,11 +14,12 @@
 //!   `smaps_rollup` (shared pages divided among the processes that map them);
 //! - `idle_cpu_pct`: the time on a CPU of every thread of those processes (first field of
 //!   `/proc/PID/task/TID/schedstat`, in ns) over an idle window, % of one core;
-//! - `restart_p50_ms`, `restart_p99_ms`: a worker killed -> running again. supervisord and
+//! - `restart_p50_ms`, `restart_p99_ms`: a worker failed -> running again. supervisord and
 //!   Balut process mode: SIGKILL to the worker's process -> a new pid `RUNNING` (supervisord,
 //!   polled over XML-RPC) or the container's `running` event (Balut, `/v1/events`). Balut
-//!   thread mode has no process of its own to kill: `POST /v1/containers/tK/restart` ->
-//!   its `running` event;
+//!   thread mode has no process of its own to kill: the worker fails by itself (`ticker`'s
+//!   `fail_file`: at its next tick it reports a failure, with the time in its reason) ->
+//!   the host fails it, tears it down and starts a new instance -> its `running` event;
 //! - `status_cli_ms`: wall time of `balut status` / `supervisorctl status` (median);
 //! - `status_api_ms`: `GET /v1/containers` / XML-RPC `supervisor.getAllProcessInfo` (median);
 //! - `stop_ms`: stop everything: SIGTERM -> host exit / `supervisorctl stop all`.
@@ -31,6 +32,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -50,8 +52,8 @@ const FIGURES: [(&str, &str); 9] = [
     ("rss_per_worker_kib", "RSS per worker (KiB)"),
     ("pss_per_worker_kib", "PSS per worker (KiB)"),
     ("idle_cpu_pct", "idle CPU (% of a core)"),
-    ("restart_p50_ms", "killed -> running, p50 (ms)"),
-    ("restart_p99_ms", "killed -> running, p99 (ms)"),
+    ("restart_p50_ms", "failed -> running, p50 (ms)"),
+    ("restart_p99_ms", "failed -> running, p99 (ms)"),
     ("status_cli_ms", "status command (ms)"),
     ("status_api_ms", "status API call (ms)"),
     ("stop_ms", "stop all (ms)"),
@@ -230,11 +232,18 @@ fn balut(artifacts: &Artifacts, n: usize, process: bool, plan: &Plan) -> anyhow:
     };
     let mut config = String::new();
     for i in 0..n {
+        let log = out.join(format!("t{i}.log"));
+        // On threads, the workers to be failed fail by themselves (see `fail_file`).
+        let fail = if !process && i < plan.kills {
+            format!(", fail_file = \"{}\"", fail_file(&out, i).display())
+        } else {
+            String::new()
+        };
         let _ = write!(
             config,
             "[containers.t{i}]\nplugin = \"ticker\"\n{isolation}\
-             config = {{ path = \"{}\", interval_ms = 1000 }}\n",
-            out.join(format!("t{i}.log")).display()
+             config = {{ path = \"{}\", interval_ms = 1000{fail} }}\n",
+            log.display()
         );
     }
     let path = work.path().join("balut.toml");
@@ -277,35 +286,33 @@ fn balut(artifacts: &Artifacts, n: usize, process: bool, plan: &Plan) -> anyhow:
         let name = format!("t{}", k % n);
         // Nothing older than this restart is waited for.
         while events.try_recv().is_ok() {}
-        let began = if process {
+        let restart = if process {
             let status = host.get(&format!("/v1/containers/{name}"))?;
             let pid = status["process"]["pid"]
                 .as_u64()
                 .with_context(|| format!("{name} has no process: {status}"))?;
             let began = Instant::now();
             kill(Pid::from_raw(i32::try_from(pid)?), Signal::SIGKILL)?;
-            began
+            let running = next_state(&events, &name, "running", began)?;
+            running.0 - began
         } else {
-            let began = Instant::now();
-            let code = host.post(&format!("/v1/containers/{name}/restart"))?;
-            ensure!((200..300).contains(&code), "restart {name}: HTTP {code}");
-            began
+            // The worker fails by itself at its next tick (within a second): the time
+            // runs from its report (the time in its reason) to the `running` event.
+            std::fs::write(fail_file(&out, k % n), "")?;
+            let failed = next_state(&events, &name, "failed", Instant::now())?;
+            let reason = failed.1["reason"].as_str().unwrap_or_default();
+            let reported = reason
+                .split_once("(at unix_us ")
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .and_then(|(us, _)| us.parse::<u64>().ok())
+                .with_context(|| format!("{name} failed for another reason: {reason}"))?;
+            let running = next_state(&events, &name, "running", failed.0)?;
+            // The event's arrival on the wall clock, to compare with the plugin's.
+            let arrived = std::time::SystemTime::now() - running.0.elapsed();
+            let arrived_us = arrived.duration_since(std::time::UNIX_EPOCH)?.as_micros();
+            Duration::from_micros(u64::try_from(arrived_us)?.saturating_sub(reported))
         };
-        let deadline = began + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (at, event) = events
-                .recv_timeout(left)
-                .with_context(|| format!("{name} did not run again"))?;
-            if event["type"] == "state" && event["container"] == name.as_str() {
-                let to = event["to"].as_str().unwrap_or_default();
-                ensure!(to != "quarantined", "{name} was quarantined");
-                if to == "running" {
-                    restarts.push(at - began);
-                    break;
-                }
-            }
-        }
+        restarts.push(restart);
         // Let the host settle (and the next kill find a steady state).
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -325,6 +332,35 @@ fn balut(artifacts: &Artifacts, n: usize, process: bool, plan: &Plan) -> anyhow:
         status_api,
         ms(stopped),
     ])
+}
+
+/// The file that makes worker `i` fail when it is there (`ticker`'s `fail_file`).
+fn fail_file(out: &Path, i: usize) -> PathBuf {
+    out.join(format!("t{i}.fail"))
+}
+
+/// Waits (30 s at most from `since`) for `name`'s next state event to `to`: when it
+/// arrived and the event. Quarantine ends the wait with an error.
+fn next_state(
+    events: &Receiver<(Instant, serde_json::Value)>,
+    name: &str,
+    to: &str,
+    since: Instant,
+) -> anyhow::Result<(Instant, serde_json::Value)> {
+    let deadline = since + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (at, event) = events
+            .recv_timeout(left)
+            .with_context(|| format!("{name} did not become {to}"))?;
+        if event["type"] == "state" && event["container"] == name {
+            let now = event["to"].as_str().unwrap_or_default();
+            ensure!(now != "quarantined", "{name} was quarantined");
+            if now == to {
+                return Ok((at, event));
+            }
+        }
+    }
 }
 
 /// A running supervisord, killed on drop.

@@ -95,6 +95,7 @@ impl Api {
             .enable_all()
             .build()?;
         let board = Board::default();
+        let host = crate::api::HostInfo::new(&plugin_dir, Some(&config_path));
         let platform = Real::new(None, std::time::Duration::from_secs(10), None, false)?;
         let mut supervisor = Supervisor::new(
             Settings {
@@ -111,8 +112,8 @@ impl Api {
         runtime.block_on(supervisor.start_all())?;
         runtime.spawn(supervisor.run());
         Ok(Self {
-            open: crate::api::router(board.clone(), handle.clone(), None),
-            guarded: crate::api::router(board, handle, Some(Self::TOKEN.to_owned())),
+            open: crate::api::router(board.clone(), handle.clone(), None, host.clone()),
+            guarded: crate::api::router(board, handle, Some(Self::TOKEN.to_owned()), host),
             runtime,
             _folder: folder,
         })

@@ -271,6 +271,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
 
     let board = Board::default();
     let plugin_dir = settings.plugin_dir.clone();
+    let host_info = api::HostInfo::new(&plugin_dir, settings.config_path.as_deref());
     let host = &settings.config.host;
     let exe = match loader::preflight::own_executable() {
         Ok(exe) => Some(exe),
@@ -300,7 +301,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let app = api::router(board.clone(), handle.clone(), token);
+    let app = api::router(board.clone(), handle.clone(), token, host_info.clone());
     let http = tokio::spawn(http::serve(
         listener,
         format!("tcp {addr}"),
@@ -318,7 +319,7 @@ async fn serve(resolved: Resolved) -> anyhow::Result<Ending> {
     let mut socket_file = None;
     let unix_http = unix.map(|(listener, file)| {
         info!(path = %file.path().display(), "http api listening on a unix socket");
-        let app = api::router(board.clone(), handle.clone(), None);
+        let app = api::router(board.clone(), handle.clone(), None, host_info.clone());
         let name = format!("unix {}", file.path().display());
         socket_file = Some(file);
         tokio::spawn(http::serve(

@@ -128,6 +128,10 @@ pub struct ContainerStatus {
     /// The last 20 state transitions, oldest first (in the one-container view only).
     #[serde(skip)]
     pub history: Vec<Transition>,
+    /// Its entry in the config file as resolved (`ContainerConfig` as JSON), or `None`
+    /// for a plugin's default instance (in the one-container view only).
+    #[serde(skip)]
+    pub config: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 impl ContainerStatus {
@@ -158,6 +162,7 @@ impl ContainerStatus {
             process: None,
             probes: Vec::new(),
             history: Vec::new(),
+            config: None,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct ContainerDetail<'a> {
     pub status: &'a ContainerStatus,
     pub probes: &'a [ProbeRecord],
     pub history: &'a [Transition],
+    /// Its config file entry, or null.
+    pub config: Option<&'a serde_json::Value>,
 }
 
 /// Load state of a plugin file.

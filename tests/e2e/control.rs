@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{chaos_entry, terminate_cleanly};
 
-const TOKEN: &str = "e2e-s3cret-token";
+pub(crate) const TOKEN: &str = "e2e-s3cret-token";
 pub(crate) const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A folder with the chaos library, a config of never-restarted chaos containers and a

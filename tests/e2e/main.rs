@@ -8,6 +8,8 @@ mod chaos;
 mod check;
 mod churn_model;
 mod config;
+mod console;
+mod console_http;
 mod control;
 mod crash;
 mod evolution;

@@ -710,3 +710,38 @@ fn independent_containers_stop_together_and_dependents_first() {
         host.logs()
     );
 }
+
+/// A restart after a backoff constructs a new instance from the generation already in
+/// memory: the library is not unloaded while its container waits to restart, so it is
+/// not read, hashed, copied and opened again (and its statics live on).
+#[test]
+fn a_restart_after_a_backoff_reuses_the_loaded_library() {
+    let (_dir, mut host) = host_with(&chaos(
+        "flaky",
+        "report_failure_after_ms = 30",
+        "backoff = { initial_ms = 150, max_ms = 150, jitter = 0.0, max_restarts = 1000, window_ms = 60000 }\n",
+    ));
+    let first = host.wait_state("flaky", "running", STATE_TIMEOUT);
+    let generation = first["generation"].clone();
+    // The first retry is at once, the next ones after 150 ms in `backoff`.
+    let c = host.wait_until("three restarts", STATE_TIMEOUT, |h| {
+        let (_, c) = h.get("/v1/containers/flaky");
+        (restarts(&c) >= 3).then_some(c)
+    });
+    wait_lines(&host, "restarting after a backoff", "flaky", 2);
+    let flaky = host.wait_state("flaky", "running", STATE_TIMEOUT);
+    assert_eq!(flaky["generation"], generation, "{c}\n{flaky}");
+    let loaded = host.lines_with(&["library loaded"]);
+    assert_eq!(
+        loaded.len(),
+        1,
+        "one load for all the restarts:\n{}",
+        host.logs()
+    );
+    assert!(
+        host.lines_with(&["library unloaded"]).is_empty(),
+        "unloaded while it waited to restart:\n{}",
+        host.logs()
+    );
+    terminate(&mut host);
+}

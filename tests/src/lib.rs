@@ -26,6 +26,8 @@ use sha2::{Digest, Sha256};
 
 pub use nix::sys::signal::Signal;
 
+pub mod browser;
+
 /// How long a host may take to print its API address.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Generous bound for state changes that should take milliseconds.

@@ -1,5 +1,6 @@
 //! The HTTP API: status reads from the [`Board`], control requests go to the supervisor.
 
+mod console;
 mod list;
 mod logs;
 
@@ -30,6 +31,7 @@ use crate::isolation::figures;
 use crate::model::{ProcessFigures, State as ContainerState};
 use crate::status::Board;
 use crate::supervisor::{ControlError, ReloadError, SupervisorHandle};
+pub use console::HostInfo;
 use list::{ListCache, with_figures};
 
 #[derive(Clone)]
@@ -40,20 +42,28 @@ struct AppState {
     token: Option<Arc<str>>,
     /// The last rendering of the container list and the board version it shows.
     list_cache: Arc<Mutex<ListCache>>,
+    /// What `GET /v1/host` tells.
+    host: Arc<HostInfo>,
 }
 
 /// The largest request body the API accepts. No route reads a body; a client sending a
 /// bigger one (by its `Content-Length`) gets 413 before any of it is read.
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
-/// The routes under `/v1`, `/healthz` and `/readyz`, plus JSON 404s for everything else,
-/// JSON 405s for a wrong method and 413s for big bodies.
-pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>) -> Router {
+/// The routes under `/v1`, `/healthz` and `/readyz`, the web console (`/`, `/ui/`), plus
+/// JSON 404s for everything else, JSON 405s for a wrong method and 413s for big bodies.
+pub fn router(
+    board: Board,
+    supervisor: SupervisorHandle,
+    token: Option<String>,
+    host: HostInfo,
+) -> Router {
     let state = AppState {
         board,
         supervisor,
         token: token.map(Arc::from),
         list_cache: Arc::default(),
+        host: Arc::new(host),
     };
     let control = Router::new()
         .route("/v1/containers/{name}/start", post(start_container))
@@ -71,6 +81,7 @@ pub fn router(board: Board, supervisor: SupervisorHandle, token: Option<String>)
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(control)
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(refuse_big_bodies))
@@ -222,6 +233,7 @@ async fn get_container(
             status: &with_figures(status),
             probes: &status.probes,
             history: &status.history,
+            config: status.config.as_deref(),
         }),
         None => error(
             StatusCode::NOT_FOUND,

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Isolation;
 use crate::restart::{Backoff, RestartPolicy};
@@ -141,7 +141,7 @@ impl Default for HostConfig {
 }
 
 /// One `[containers.NAME]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ContainerConfig {
     /// The plugin's declared name (not its file name).
@@ -181,7 +181,7 @@ pub struct ContainerConfig {
 }
 
 /// How a hot reload replaces a running instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReloadMode {
     /// Stop the old instance, then start the new one (a gap; sockets the plugin binds
@@ -218,7 +218,7 @@ impl SocketName {
 pub const MIN_MEMORY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `[containers.NAME.backoff]`: restart timing. Defaults as in `restart.rs`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffConfig {
     pub initial_ms: Option<Millis>,
@@ -247,7 +247,7 @@ impl BackoffConfig {
 }
 
 /// `[containers.NAME.liveness]` or `.readiness`: every key optional.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeConfig {
     /// Turn the probe off.
@@ -485,6 +485,7 @@ impl ContainerConfig {
     }
 }
 
+mod json;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

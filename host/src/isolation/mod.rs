@@ -4,7 +4,7 @@
 //!
 //! The host keeps loading each generation itself (after its pre-flight): its facts, its
 //! config checks and its bookkeeping are the same in both modes. The child opens the host's
-//! private copy of that generation with the same loader and checks (`child.rs`), and serves
+//! private copy of that generation with the same loader and layout check (`child.rs`), and serves
 //! every call and every `Context` call back over a socket pair (`protocol.rs`). One child per
 //! instance: a restart is a fresh process, a crash takes exactly one container, and a
 //! memory limit and the figures are per container.

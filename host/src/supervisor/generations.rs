@@ -8,7 +8,7 @@
 //! module holds is unloaded, and one that cannot be is listed in `not_unloaded`, so the
 //! API and the process's memory agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -341,8 +341,11 @@ impl<L: Generation> Generations<L> {
             .chain(&self.retired)
     }
 
-    /// Unloads every generation that only this module holds (no instance uses it).
-    pub fn sweep<P: Platform<Library = L>>(&mut self, platform: &mut P) {
+    /// Unloads every generation that only this module holds (no instance uses it), but
+    /// the current one of a plugin in `awaited` (a container of it waits to restart: its
+    /// next instance is constructed from the generation in memory, not loaded again),
+    /// unless its file is shown as `error` (a constructor failed on that content).
+    pub fn sweep<P: Platform<Library = L>>(&mut self, platform: &mut P, awaited: &BTreeSet<&str>) {
         let paths: Vec<PathBuf> = self
             .files
             .iter()
@@ -350,6 +353,8 @@ impl<L: Generation> Generations<L> {
                 f.current
                     .as_ref()
                     .is_some_and(|l| Arc::strong_count(l) == 1)
+                    && !(f.status.status != FileState::Error
+                        && f.plugin.as_deref().is_some_and(|p| awaited.contains(p)))
             })
             .map(|(p, _)| p.clone())
             .collect();

@@ -38,7 +38,8 @@ impl<P: Platform> Supervisor<P> {
         self.register_missing();
         self.phase = Phase::Running;
         self.converge().await;
-        self.files.sweep(&mut self.platform);
+        self.files
+            .sweep(&mut self.platform, &self.containers.awaiting_restart());
         self.board.set_started();
         listed.map(|_| ())
     }

@@ -257,7 +257,8 @@ impl<P: Platform> Supervisor<P> {
         }
         // Starting first: a container restarting at once reuses its generation in memory.
         self.converge().await;
-        self.files.sweep(&mut self.platform);
+        self.files
+            .sweep(&mut self.platform, &self.containers.awaiting_restart());
         let due = self.pending.next_due();
         let retry = self.containers.next_retry();
         let folder_look = self.watch.next_look;

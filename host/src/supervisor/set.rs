@@ -6,7 +6,7 @@
 //! [`Containers::show`] or [`Containers::set_state`], which put it on the board at once.
 //! The board is a projection for readers: nothing here reads it back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +30,8 @@ pub struct Spec {
     /// Declared in the config file (else the plugin's default instance).
     pub configured: bool,
     pub config_json: String,
+    /// Its config file entry as JSON, as the one-container view shows it.
+    pub entry: Option<Arc<serde_json::Value>>,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
     /// Names of the containers that must be ready before this one starts.
@@ -65,6 +67,7 @@ impl Spec {
         Self {
             configured: config.is_some(),
             config_json: config.map_or_else(|| "{}".to_owned(), ContainerConfig::config_json),
+            entry: config.map(|c| Arc::new(c.entry_json())),
             start_timeout: config
                 .and_then(|c| c.start_timeout_ms)
                 .unwrap_or(host.start_timeout_ms)
@@ -205,12 +208,13 @@ impl<W> Containers<W> {
 
     /// Registers a container, stopped, and shows it.
     pub fn register(&mut self, name: &str, plugin: &str, spec: Spec) {
-        let status = ContainerStatus::registered(
+        let mut status = ContainerStatus::registered(
             name,
             plugin,
             spec.requires.clone(),
             spec.confinement.isolation,
         );
+        status.config.clone_from(&spec.entry);
         self.board.put_container(&status);
         self.board.metrics.container_registered(name);
         self.map.insert(
@@ -365,6 +369,16 @@ impl<W> Containers<W> {
                 _ => None,
             })
             .min()
+    }
+
+    /// The plugins of the containers that wait to restart (a backoff or a quarantine):
+    /// their generation in memory is kept for the restart.
+    pub fn awaiting_restart(&self) -> BTreeSet<&str> {
+        self.map
+            .values()
+            .filter(|c| matches!(c.hold, Hold::Until(_)) && c.wanted && !c.is_live())
+            .map(|c| c.plugin.as_str())
+            .collect()
     }
 
     /// Ends the backoffs and quarantines that are over.

@@ -49,7 +49,7 @@ impl<P: Platform> Supervisor<P> {
         }
         // The held sockets close (a Unix socket's file is removed) once nothing serves them.
         self.sockets.release_all();
-        self.files.sweep(&mut self.platform);
+        self.files.sweep(&mut self.platform, &Default::default());
         self.wait_for_closes(deadline).await;
         // What is still held now (a thread in a call given up) stays mapped: say so.
         self.files

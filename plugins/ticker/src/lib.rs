@@ -10,7 +10,11 @@
 //! format it does not know fails the constructor (the host then keeps the running version).
 //!
 //! Config (the `config` table of the container's entry): `path` (required), `interval_ms`
-//! (1000; must be more than 0).
+//! (1000; must be more than 0), `fail_file` (none): a path looked at on every tick; when a
+//! file is there, the worker removes it and reports a failure
+//! (`Context::report_failure`, "failing on request: FILE was there (at unix_us N)", N the
+//! time of the report in microseconds since the Unix epoch), so a benchmark or a test can
+//! make an instance fail by itself. The looking costs one `unlink` per tick.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +40,8 @@ struct Config {
     path: PathBuf,
     #[serde(default = "default_interval_ms")]
     interval_ms: u64,
+    /// When a file is at this path at a tick, it is removed and a failure reported.
+    fail_file: Option<PathBuf>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -66,6 +72,7 @@ struct Ticker {
     ctx: Context,
     path: PathBuf,
     interval: Duration,
+    fail_file: Option<PathBuf>,
     status: Arc<Mutex<Status>>,
     worker: Option<Worker>,
 }
@@ -98,6 +105,7 @@ impl Ticker {
             ctx,
             path: config.path,
             interval: Duration::from_millis(config.interval_ms),
+            fail_file: config.fail_file,
             status: Arc::new(Mutex::new(status)),
             worker: None,
         })
@@ -111,15 +119,16 @@ impl Container for Ticker {
         }
         lock(&self.status).last_ok = Instant::now();
         let (wake, sleeper) = mpsc::channel();
-        let (ctx, path, interval, status) = (
-            self.ctx.clone(),
-            self.path.clone(),
-            self.interval,
-            Arc::clone(&self.status),
-        );
+        let work = Work {
+            ctx: self.ctx.clone(),
+            path: self.path.clone(),
+            interval: self.interval,
+            fail_file: self.fail_file.clone(),
+            status: Arc::clone(&self.status),
+        };
         let thread = thread::Builder::new()
             .name("ticker".into())
-            .spawn(move || run(&ctx, &path, interval, &status, &sleeper))?;
+            .spawn(move || work.run(&sleeper))?;
         self.worker = Some(Worker { wake, thread });
         let fields = [
             ("path", &*self.path.to_string_lossy()),
@@ -185,45 +194,73 @@ impl Drop for Ticker {
     }
 }
 
-/// The worker: one tick per interval until `stop` closes the channel.
-fn run(
-    ctx: &Context,
-    path: &Path,
+/// What the worker thread needs.
+struct Work {
+    ctx: Context,
+    path: PathBuf,
     interval: Duration,
-    status: &Mutex<Status>,
-    sleeper: &mpsc::Receiver<()>,
-) {
-    let mut wait = Duration::ZERO; // the first tick comes right away
-    loop {
-        match sleeper.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            // Disconnected: `stop` dropped the sender.
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+    fail_file: Option<PathBuf>,
+    status: Arc<Mutex<Status>>,
+}
+
+impl Work {
+    /// The worker: one tick per interval until `stop` closes the channel.
+    fn run(&self, sleeper: &mpsc::Receiver<()>) {
+        let mut wait = Duration::ZERO; // the first tick comes right away
+        loop {
+            match sleeper.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {}
+                // Disconnected: `stop` dropped the sender.
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let started = Instant::now();
+            self.fail_if_asked();
+            self.tick();
+            // Keep the pace even when a write is slow.
+            wait = self.interval.saturating_sub(started.elapsed());
         }
-        let started = Instant::now();
-        let n = lock(status).ticks.saturating_add(1);
-        let result = append_tick(path, n, unix_millis());
-        let mut status = lock(status);
+    }
+
+    /// Reports a failure when the `fail_file` is there (and removes it: one failure per
+    /// file).
+    fn fail_if_asked(&self) {
+        let Some(file) = &self.fail_file else {
+            return;
+        };
+        if std::fs::remove_file(file).is_ok() {
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            self.ctx.report_failure(&format!(
+                "failing on request: {} was there (at unix_us {at})",
+                file.display()
+            ));
+        }
+    }
+
+    fn tick(&self) {
+        let n = lock(&self.status).ticks.saturating_add(1);
+        let result = append_tick(&self.path, n, unix_millis());
+        let mut status = lock(&self.status);
         status.ticks = n;
         match result {
             Ok(()) => {
                 if status.last_error.take().is_some() {
-                    ctx.info("writing again");
+                    self.ctx.info("writing again");
                 }
                 status.last_ok = Instant::now();
                 status.written += 1;
             }
             Err(e) => {
-                let reason = format!("cannot append to {}: {e}", path.display());
+                let reason = format!("cannot append to {}: {e}", self.path.display());
                 // Log a failure once, not on every tick.
                 if status.last_error.as_ref() != Some(&reason) {
-                    ctx.log(Level::Warn, "write failed", &[("error", &reason)]);
+                    self.ctx
+                        .log(Level::Warn, "write failed", &[("error", &reason)]);
                 }
                 status.last_error = Some(reason);
             }
         }
-        // Keep the pace even when a write is slow.
-        wait = interval.saturating_sub(started.elapsed());
     }
 }
 
@@ -374,6 +411,41 @@ mod tests {
         let all = ticks_in(&file);
         let expected: Vec<u64> = (1..=all.len() as u64).collect();
         assert_eq!(all, expected, "numbering goes on across instances");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file at `fail_file` makes the running instance report one failure (the file is
+    /// removed), with the time of the report in the reason; it goes on ticking.
+    #[test]
+    fn a_fail_file_makes_it_report_one_failure() {
+        use balut_plugin_api::testing::{Lifecycle, json};
+
+        let dir = std::env::temp_dir().join(format!("balut-ticker-fail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, fail) = (dir.join("ticks.log"), dir.join("fail"));
+        let config = json!({ "path": file, "interval_ms": 10, "fail_file": fail });
+        let report = Lifecycle::new(Ticker::new)
+            .config(&config)
+            .while_running(|running| {
+                let host = running.host();
+                assert!(host.wait_for(Duration::from_secs(10), |_| ticks_in(&file).len() >= 2));
+                assert!(host.failures().is_empty());
+                std::fs::write(&fail, "").unwrap();
+                assert!(host.wait_for(Duration::from_secs(10), |h| !h.failures().is_empty()));
+                let ticked = ticks_in(&file).len();
+                assert!(
+                    host.wait_for(Duration::from_secs(10), |_| ticks_in(&file).len()
+                        > ticked + 2)
+                );
+                let failures = host.failures();
+                assert_eq!(failures.len(), 1, "{failures:?}");
+                assert!(failures[0].contains("failing on request"), "{failures:?}");
+                assert!(failures[0].contains("(at unix_us "), "{failures:?}");
+                assert!(!fail.exists());
+                Ok(())
+            })
+            .run();
+        report.assert_ok();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

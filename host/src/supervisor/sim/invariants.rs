@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::Inspection;
 use super::fake::World;
-use crate::model::State;
+use crate::model::{FileState, State};
 use crate::restart::RestartPolicy;
 use crate::supervisor::ShutdownReport;
 use crate::supervisor::set::Hold;
@@ -308,13 +308,27 @@ fn dependents_run_only_on_what_they_require(seen: &Inspection) -> Result<(), Str
     Ok(())
 }
 
-/// Every generation in memory serves a live instance or is reported as not unloadable;
-/// every one reported is really still in memory.
+/// Every generation in memory serves a live instance, is kept for a container waiting to
+/// restart, or is reported as not unloadable; every one reported is really still in memory.
 fn memory_and_api_agree(seen: &Inspection, world: &World) -> Result<(), String> {
+    let awaited: BTreeSet<&str> = seen
+        .containers
+        .iter()
+        .filter(|c| matches!(c.hold, Hold::Until(_)) && c.wanted && c.live.is_none())
+        .map(|c| c.status.plugin.as_str())
+        .collect();
+    let kept: Vec<(String, u64)> = seen
+        .plugins
+        .iter()
+        .filter(|p| p.status != FileState::Error)
+        .filter(|p| p.name.as_deref().is_some_and(|n| awaited.contains(n)))
+        .filter_map(|p| Some((p.file.clone(), p.generation?)))
+        .collect();
     let used: BTreeSet<&(String, u64)> = seen
         .containers
         .iter()
         .filter_map(|c| c.live.as_ref())
+        .chain(&kept)
         .collect();
     let pinned: BTreeSet<(String, u64)> = seen
         .not_unloaded

@@ -41,6 +41,7 @@ pub struct SeenContainer {
     /// The generation (file, number) its live instance runs.
     pub live: Option<(String, u64)>,
     pub hold: Hold,
+    pub wanted: bool,
     pub policy: RestartPolicy,
     pub requires: Vec<String>,
     pub ready: bool,
@@ -105,6 +106,7 @@ impl<P: Platform> Supervisor<P> {
                         )
                     }),
                     hold: c.hold,
+                    wanted: c.wanted,
                     policy: c.spec.policy,
                     requires: c.spec.requires.clone(),
                     ready: c.ready,

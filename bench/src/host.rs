@@ -244,6 +244,12 @@ impl Host {
         Ok(RunningWatch { done })
     }
 
+    /// `POST path` with no body; the status code.
+    pub fn post(&self, path: &str) -> anyhow::Result<u16> {
+        let url = format!("http://{}{path}", self.addr);
+        Ok(self.agent.post(&url).send_empty()?.status().as_u16())
+    }
+
     /// CPU time the host process used so far, user + system, from `/proc/PID/stat`.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
         cpu_time_of(self.pid())

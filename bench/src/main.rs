@@ -11,9 +11,10 @@
 //! - `reload_under_load`: `http-echo` under continuous HTTP load through many hot reloads,
 //!   on a socket of its own (stop-first) beside one the host holds (overlap): requests
 //!   failed, the longest gap between answers, latency.
-//! - `scale` (alias `status`): 1,000 instances: start, status endpoints under load, idle
-//!   CPU, stop on SIGTERM.
-//! - `call`: one health probe round trip through `Worker::health`, beside a direct call.
+//! - `scale` (alias `status`): 1,000 instances: start, memory per instance, status
+//!   endpoints under load, idle CPU, stop on SIGTERM.
+//! - `call`: one health probe round trip through `Worker::health`, beside its floor (a bare
+//!   round trip between a task and a thread, measured in the same run) and a direct call.
 //! - `isolation`: containers in child processes of their own beside the same on threads:
 //!   probe round trip, 100 instances (start, memory, stop), crash -> running again.
 //! - `peers`: the same small workload (N workers appending a line to a file every second)
@@ -32,6 +33,7 @@ mod host;
 mod inproc;
 mod isolation;
 mod load;
+mod memory;
 mod peers;
 mod plugins;
 mod reload;

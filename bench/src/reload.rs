@@ -41,12 +41,14 @@ pub fn run(artifacts: &Artifacts, quick: bool, figures: &mut Figures) -> anyhow:
     figures.add_goal(
         "reload_p50_ms",
         ms(percentile(&latencies, 0.5)),
-        Goal::AtMost(100.0),
+        Goal::AtMost(12.0),
     );
     figures.add_goal(
         "reload_p99_ms",
         ms(percentile(&latencies, 0.99)),
-        Goal::AtMost(250.0),
+        Goal::AtMost(25.0),
     );
+    figures.add("reload_min_ms", ms(latencies[0]));
+    figures.add("reload_max_ms", ms(latencies[latencies.len() - 1]));
     Ok(())
 }

@@ -223,6 +223,9 @@ impl HostServices {
         message: &str,
         fields: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
     ) {
+        if !shows(level) {
+            return;
+        }
         let container = &*self.container;
         let generation = self.generation;
         let fields: Vec<(&str, &str)> = fields.collect();
@@ -327,6 +330,21 @@ fn format_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String
     out
 }
 
+/// Whether the host's log may show plugin lines of `level` (the most verbose level any of
+/// its filters lets through, field filters included): a line it cannot show is neither
+/// formatted nor kept among the recent lines, so a probe's debug line costs nothing at the
+/// default level.
+fn shows(level: FfiLevel) -> bool {
+    let level = match level {
+        FfiLevel::Error => tracing::Level::ERROR,
+        FfiLevel::Warn => tracing::Level::WARN,
+        FfiLevel::Info => tracing::Level::INFO,
+        FfiLevel::Debug => tracing::Level::DEBUG,
+        FfiLevel::Trace => tracing::Level::TRACE,
+    };
+    level <= tracing::level_filters::LevelFilter::current()
+}
+
 /// Plugin fields as one JSON object text, or `None` when there are none.
 fn json_fields<'a>(fields: impl ExactSizeIterator<Item = (&'a str, &'a str)>) -> Option<String> {
     if fields.len() == 0 {
@@ -345,6 +363,9 @@ impl FfiHost for HostServices {
         message: RStr<'_>,
         fields: RSlice<'_, Tuple2<RStr<'_>, RStr<'_>>>,
     ) {
+        if !shows(level) {
+            return;
+        }
         let clipped: Vec<(&str, Cow<'_, str>)> = fields
             .as_slice()
             .iter()

@@ -31,8 +31,23 @@ pub enum Failure {
     Trap(String),
 }
 
+/// Set in the child's environment to the host's pid: the child asks to be killed when
+/// the host dies, and ends at once if it already has.
+const PARENT_ENV: &str = "BALUT_PREFLIGHT_PARENT";
+
+/// The child's exit code when the host was gone before the library was opened.
+const ORPHANED: u8 = 6;
+
 /// The child's side: opens and closes `library`, then exits.
 pub fn child(library: &Path) -> ExitCode {
+    // Asked here rather than between fork and exec, so the host starts the child with
+    // `posix_spawn` (no copy of its page tables, which a host of a thousand threads makes
+    // slow); a host that died before this line is seen as a new parent.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    let parent = std::env::var(PARENT_ENV).ok();
+    if parent.is_some_and(|p| p != nix::unistd::getppid().to_string()) {
+        return ExitCode::from(ORPHANED);
+    }
     // SAFETY: this process exists only to run the library's initializers and finalizers
     // apart from the host: whatever they do ends here. The file is the host's private copy,
     // already checked to be a whole ELF shared object for this machine.
@@ -58,19 +73,12 @@ pub async fn run(exe: &Path, copy: &Path, timeout: Duration) -> Result<(), Failu
         .arg("__preflight")
         .arg(copy)
         .env(CHILD_ENV, "1")
+        .env(PARENT_ENV, std::process::id().to_string())
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: the closure runs in the child between fork and exec and calls only `prctl`,
-    // which is async-signal-safe: the child is killed if the host dies.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
     let mut child = command.spawn().map_err(|e| {
         Failure::Trap(format!(
             "cannot start the pre-flight child {}: {e}",

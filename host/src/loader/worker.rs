@@ -6,9 +6,9 @@
 //! timeout; a call that overruns marks the worker stuck, and a stuck worker (with the
 //! `Arc<Library>` it holds) is abandoned, which keeps its library mapped for good.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -72,7 +72,81 @@ pub struct HealthReport {
     pub duration: Duration,
 }
 
-type Job = Box<dyn FnOnce(&mut Option<FfiContainerBox>) + Send>;
+type Slot = Option<FfiContainerBox>;
+type Reply<R> = oneshot::Sender<Result<R, CallError>>;
+
+/// One call for the worker thread. The probes' calls, the most frequent by far, are
+/// plain values (no boxed closure to allocate per probe).
+enum Job {
+    Health(Reply<HealthReport>),
+    Ready(Reply<Option<HealthReport>>),
+    Other(Box<dyn FnOnce(&mut Slot) + Send>),
+}
+
+impl Job {
+    fn run(self, slot: &mut Slot) {
+        match self {
+            Self::Health(reply) => {
+                let _ = reply.send(calls::health(slot));
+            }
+            Self::Ready(reply) => {
+                let _ = reply.send(calls::ready(slot));
+            }
+            Self::Other(job) => job(slot),
+        }
+    }
+}
+
+/// The worker thread's queue of calls: the cheapest hand-off between a task and a thread
+/// (an uncontended lock, then `unpark`; the thread parks when it finds nothing to do), where
+/// a channel adds a registration of the waiting thread and a lock of its own per wake-up.
+#[derive(Default)]
+struct Queue {
+    /// The calls, and whether the queue is closed (no more calls: the thread ends once it
+    /// has run those queued).
+    jobs: Mutex<(VecDeque<Job>, bool)>,
+}
+
+impl Queue {
+    /// Queues `job`; gives it back if the queue is closed.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        if jobs.1 {
+            return Err(job);
+        }
+        jobs.0.push_back(job);
+        Ok(())
+    }
+
+    /// The next call; `None` once the queue is closed and empty; `Some(None)` when empty.
+    fn pop(&self) -> Option<Option<Job>> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        match jobs.0.pop_front() {
+            Some(job) => Some(Some(job)),
+            None if jobs.1 => None,
+            None => Some(None),
+        }
+    }
+
+    fn close(&self) {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+    }
+}
+
+/// Held by the worker thread: closes its queue and drops what is left in it when the
+/// thread ends, even by a panic.
+struct Closing(Arc<Queue>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let left = {
+            let mut jobs = self.0.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+            jobs.1 = true;
+            std::mem::take(&mut jobs.0)
+        };
+        drop(left);
+    }
+}
 
 /// Each call into a container, as a function of its slot, run on its worker thread: the
 /// worker's own methods wrap them with a timeout; an isolated container's process
@@ -175,7 +249,8 @@ pub mod calls {
 
 /// Owns one container's thread. Dropping it without [`Worker::finish`] abandons the thread.
 pub struct Worker {
-    jobs: Option<mpsc::Sender<Job>>,
+    jobs: Arc<Queue>,
+    /// The thread, to wake it (`unpark`) and join it.
     thread: Option<JoinHandle<()>>,
     exited: Option<oneshot::Receiver<()>>,
     stuck: Arc<AtomicBool>,
@@ -185,7 +260,8 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread for container `name` of `library`.
     pub fn spawn(name: &str, library: Arc<Library>) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Queue::default());
+        let queue = jobs.clone();
         let (exited_tx, exited) = oneshot::channel();
         let held = library.clone();
         let (container, generation) = (name.to_owned(), library.facts.generation);
@@ -195,9 +271,17 @@ impl Worker {
                 // A crash or an `exit()` in the container's code names it.
                 let _named =
                     crash::name_this_thread(crash::Role::Container, &container, generation);
-                let mut slot: Option<FfiContainerBox> = None;
-                while let Ok(job) = queue.recv() {
-                    job(&mut slot);
+                // However the loop ends, calls queued after it are dropped unrun, which
+                // their callers see at once.
+                let queue = Closing(queue);
+                let mut slot: Slot = None;
+                while let Some(job) = queue.0.pop() {
+                    match job {
+                        Some(job) => job.run(&mut slot),
+                        // `push` unparks after queueing: a wake-up before this park makes
+                        // it return at once, so none is lost.
+                        None => std::thread::park(),
+                    }
                 }
                 // Plugin code (the box's destructor) runs here, on this thread.
                 drop(slot);
@@ -205,7 +289,7 @@ impl Worker {
                 let _ = exited_tx.send(());
             })?;
         Ok(Self {
-            jobs: Some(jobs),
+            jobs,
             thread: Some(thread),
             exited: Some(exited),
             stuck: Arc::new(AtomicBool::new(false)),
@@ -228,21 +312,36 @@ impl Worker {
         call: &'static str,
         timeout: Duration,
         overrun_is_stuck: bool,
-        f: impl FnOnce(&mut Option<FfiContainerBox>) -> Result<R, CallError> + Send + 'static,
+        f: impl FnOnce(&mut Slot) -> Result<R, CallError> + Send + 'static,
+    ) -> Result<R, CallError> {
+        self.queue(call, timeout, overrun_is_stuck, |reply| {
+            Job::Other(Box::new(move |slot| {
+                let _ = reply.send(f(slot));
+            }))
+        })
+        .await
+    }
+
+    /// Queues the job `make` builds around the reply's sender, wakes the thread and waits
+    /// for the reply.
+    async fn queue<R>(
+        &self,
+        call: &'static str,
+        timeout: Duration,
+        overrun_is_stuck: bool,
+        make: impl FnOnce(Reply<R>) -> Job,
     ) -> Result<R, CallError> {
         if self.is_stuck() {
             return Err(CallError::Stuck);
         }
-        let Some(jobs) = &self.jobs else {
+        let Some(thread) = &self.thread else {
             return Err(CallError::Stuck);
         };
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |slot| {
-            let _ = tx.send(f(slot));
-        });
-        if jobs.send(job).is_err() {
+        if self.jobs.push(make(tx)).is_err() {
             return Err(CallError::Stuck);
         }
+        thread.thread().unpark();
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(result)) => result,
             // The job was dropped unrun: the thread is gone.
@@ -279,12 +378,12 @@ impl Worker {
     pub async fn health(&self, timeout: Duration) -> Result<HealthReport, CallError> {
         // A slow health check counts as a failed probe; the calls after it queue behind it,
         // and a stop that then overruns marks the worker stuck.
-        self.call("health", timeout, false, calls::health).await
+        self.queue("health", timeout, false, Job::Health).await
     }
 
     /// The readiness check; `None` when the plugin (built for interface 1.0) has none.
     pub async fn ready(&self, timeout: Duration) -> Result<Option<HealthReport>, CallError> {
-        self.call("ready", timeout, false, calls::ready).await
+        self.queue("ready", timeout, false, Job::Ready).await
     }
 
     /// The state the instance hands the next on a hot reload (interface 1.3; `None` from
@@ -301,7 +400,7 @@ impl Worker {
     /// Ends the thread and joins it. Fails, abandoning the thread, if it is stuck or does
     /// not end within `timeout`.
     pub async fn finish(mut self, timeout: Duration) -> Result<(), CallError> {
-        self.jobs = None;
+        self.close();
         if self.is_stuck() {
             return Err(CallError::Stuck);
         }
@@ -323,5 +422,23 @@ impl Worker {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         Ok(())
+    }
+}
+
+impl Worker {
+    /// No more calls: the thread ends once it has run those queued (without parking in
+    /// between). Calls made after this fail as [`CallError::Stuck`].
+    pub fn close(&self) {
+        self.jobs.close();
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // As a closed channel did: the thread runs what is queued, then ends on its own.
+        self.close();
     }
 }

@@ -191,6 +191,9 @@ pub trait Calls: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Handover>, CallError>> + Send;
     /// Drops the plugin's value.
     fn dispose(&self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
+    /// No call will follow those already made: a thread may end once it has run them,
+    /// before [`Calls::finish`] asks it to.
+    fn no_more_calls(&self) {}
     /// Ends and joins the thread; fails (abandoning it) if it is stuck or does not end.
     fn finish(self, timeout: Duration) -> impl Future<Output = Result<(), CallError>> + Send;
 }

@@ -128,6 +128,11 @@ impl Calls for Worker {
     async fn dispose(&self, timeout: Duration) -> Result<(), CallError> {
         either!(self, w => w.dispose(timeout).await)
     }
+    fn no_more_calls(&self) {
+        if let Self::Thread(worker) = self {
+            worker.close();
+        }
+    }
     async fn finish(self, timeout: Duration) -> Result<(), CallError> {
         either!(self, w => w.finish(timeout).await)
     }

@@ -51,27 +51,45 @@ pub(super) async fn end_instance<W: Calls>(
     let mut problem = None;
     // A process that ended on its own (its failure already says how) gets no calls.
     let call_stop = call_stop && !instance.worker.has_ended();
-    if call_stop {
-        if let Err(e) = instance.worker.stop(left()).await {
-            problem = Some(if e.is_stuck() {
-                format!("stuck in stop: {e}")
-            } else {
-                format!("stop failed: {e}")
-            });
-        }
-    }
+    let stop_failed = |e: CallError| {
+        Some(if e.is_stuck() {
+            format!("stuck in stop: {e}")
+        } else {
+            format!("stop failed: {e}")
+        })
+    };
     let mut state = None;
-    if keep_state && problem.is_none() {
-        match instance.worker.handover(left()).await {
-            Ok(handed) => state = handed,
-            Err(e) => {
-                warn!(container = %name, error = %e, "its state could not be handed over; the next instance starts without it");
+    let dispose = if call_stop && !keep_state {
+        // Drop follows stop whatever stop did, and nothing follows drop, so both are
+        // queued at once (in this order: `join` polls its futures in order) and the queue
+        // closed behind them: the thread runs them and ends in one wake-up, where a call
+        // at a time took three (a shutdown of a thousand containers wakes each once).
+        let (stopped, disposed, ()) = futures_util::future::join3(
+            instance.worker.stop(left()),
+            instance.worker.dispose(left()),
+            async { instance.worker.no_more_calls() },
+        )
+        .await;
+        problem = stopped.err().and_then(stop_failed);
+        disposed
+    } else {
+        if call_stop {
+            if let Err(e) = instance.worker.stop(left()).await {
+                problem = stop_failed(e);
             }
         }
-    }
-    let dispose = match instance.worker.has_ended() {
-        true => Ok(()),
-        false => instance.worker.dispose(left()).await,
+        if keep_state && problem.is_none() {
+            match instance.worker.handover(left()).await {
+                Ok(handed) => state = handed,
+                Err(e) => {
+                    warn!(container = %name, error = %e, "its state could not be handed over; the next instance starts without it");
+                }
+            }
+        }
+        match instance.worker.has_ended() {
+            true => Ok(()),
+            false => instance.worker.dispose(left()).await,
+        }
     };
     if let Err(e) = dispose {
         if !matches!(e, CallError::Stuck) || problem.is_none() {

@@ -264,26 +264,8 @@ impl Host {
 
     /// The host's `balut __isolate` children (zombies included), from `/proc`.
     pub fn isolated_children(&self) -> anyhow::Result<Vec<u32>> {
-        let mut children = Vec::new();
-        for entry in std::fs::read_dir("/proc")? {
-            let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // After the command name (in parentheses): the state, then the parent's pid.
-            let mut rest = stat
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace();
-            let zombie = rest.next() == Some("Z");
-            if rest.next().and_then(|p| p.parse().ok()) == Some(self.pid())
-                && (zombie || is_isolated(pid))
-            {
-                children.push(pid);
-            }
-        }
+        let mut children = children_of(self.pid())?;
+        children.retain(|&pid| is_zombie(pid) || is_isolated(pid));
         Ok(children)
     }
 
@@ -354,21 +336,26 @@ pub fn children_of(parent: u32) -> anyhow::Result<Vec<u32>> {
         let Some(pid) = entry?.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command name (in parentheses): the state, then the parent's pid.
-        let ppid = stat
-            .rsplit_once(')')
-            .map_or("", |(_, r)| r)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok());
-        if ppid == Some(parent) {
+        if state_and_parent(pid).is_some_and(|(_, ppid)| ppid == parent) {
             children.push(pid);
         }
     }
     Ok(children)
+}
+
+/// The state letter and the parent's pid of `pid`, from `/proc/PID/stat` (`None` once it
+/// is gone).
+fn state_and_parent(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (in parentheses): the state, then the parent's pid.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.to_owned();
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+/// Whether `pid` is a zombie (ended, not reaped yet).
+fn is_zombie(pid: u32) -> bool {
+    state_and_parent(pid).is_some_and(|(state, _)| state == "Z")
 }
 
 /// Whether `pid` is (still) a `balut __isolate` process.

@@ -223,11 +223,7 @@ impl Default for Metrics {
         build_info
             .get_or_create(&BuildLabel {
                 version: env!("CARGO_PKG_VERSION"),
-                interface: format!(
-                    "{}.{}",
-                    balut_plugin_api::INTERFACE_MAJOR,
-                    balut_plugin_api::INTERFACE_MINOR
-                ),
+                interface: crate::loader::InterfaceVersion::HOST.to_string(),
             })
             .set(1);
         let start_time = Gauge::<f64, AtomicU64>::default();

@@ -163,11 +163,7 @@ impl HostInfo {
     pub fn new(plugin_dir: &std::path::Path, config_file: Option<&std::path::Path>) -> Self {
         Self {
             version: env!("CARGO_PKG_VERSION"),
-            interface: format!(
-                "{}.{}",
-                balut_plugin_api::INTERFACE_MAJOR,
-                balut_plugin_api::INTERFACE_MINOR
-            ),
+            interface: crate::loader::InterfaceVersion::HOST.to_string(),
             pid: std::process::id(),
             started_at: crate::model::rfc3339(std::time::SystemTime::now()),
             plugin_dir: plugin_dir.display().to_string(),
